@@ -1,0 +1,73 @@
+"""torchdiffeq-style functions: ``odeint(func, y0, t, rtol, atol, method, options)``.
+
+``options`` is translated into a step-size rule once, here, with unknown keys rejected:
+
+* fixed steps: ``step_size`` (steps per output interval) or ``grid`` (step endpoints);
+  any method, adaptive ones included, takes fixed steps when given one of them;
+* adaptive steps: ``first_step``, ``max_num_steps``, ``controller`` (``"pi"`` or ``"i"``),
+  ``safety``, ``ifactor``, ``dfactor``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Mapping, Sequence
+
+import torch
+
+from .gradients import SymplecticAdjoint
+from .methods import get_tableau
+from .solve import solve
+from .step_size import AdaptiveSteps, FixedSteps
+
+__all__ = ["odeint", "odeint_symplectic_adjoint", "make_steps"]
+
+_FIXED_OPTIONS = ("step_size", "grid")
+_ADAPTIVE_OPTIONS = ("first_step", "max_num_steps", "controller", "safety", "ifactor", "dfactor")
+
+
+def make_steps(method, rtol, atol, options: Mapping | None) -> FixedSteps | AdaptiveSteps:
+    """The step-size rule for ``method`` from torchdiffeq-style ``rtol``, ``atol``, ``options``."""
+    options = {} if options is None else options
+    if not isinstance(options, Mapping):
+        raise TypeError(f"options must be a dict, got {type(options).__name__}")
+    unknown = sorted(set(options) - set(_FIXED_OPTIONS) - set(_ADAPTIVE_OPTIONS))
+    if unknown:
+        raise ValueError(f"unknown option(s) {unknown}; symode's options are {list(_FIXED_OPTIONS)} for fixed "
+                         f"steps and {list(_ADAPTIVE_OPTIONS)} for adaptive steps")
+    tableau = get_tableau(method)
+    fixed = {k: options[k] for k in _FIXED_OPTIONS if options.get(k) is not None}
+    if fixed:
+        mixed = sorted(k for k in _ADAPTIVE_OPTIONS if k in options)
+        if mixed:
+            raise ValueError(f"option(s) {mixed} apply to adaptive steps, but {sorted(fixed)} asks for fixed steps; "
+                             f"give one or the other")
+        return FixedSteps(**fixed)
+    if not tableau.adaptive:
+        raise ValueError(f"method {tableau.name!r} takes fixed steps: give options={{'step_size': h}} "
+                         f"(or options={{'grid': times}}), or choose an adaptive method such as 'dopri5'")
+    return AdaptiveSteps(rtol=rtol, atol=atol, **options)
+
+
+def odeint(func: Callable, y0, t, *, rtol=1e-7, atol=1e-9, method="dopri5",
+           options: Mapping | None = None, gradient="backprop",
+           adjoint_params: Sequence[torch.Tensor] | None = None):
+    """Solve ``dy/dt = func(t, y)`` from ``y0`` at ``t[0]``; return the states at ``t``
+    (shape ``(len(t), *y0.shape)``, or a tuple for a tuple ``y0``).
+
+    As torchdiffeq's ``odeint``, plus ``gradient`` (``"backprop"``, ``"symplectic_adjoint"``
+    or a gradient object) to choose how the solve is differentiated. See
+    ``symode.solve`` for the arguments and the dtype policy and ``symode.compat`` for
+    the options.
+    """
+    steps = make_steps(method, rtol, atol, options)
+    return solve(func, y0, t, method=method, steps=steps, gradient=gradient, adjoint_params=adjoint_params).ys
+
+
+def odeint_symplectic_adjoint(func: Callable, y0, t, *, rtol=1e-7, atol=1e-9, method="dopri5",
+                              options: Mapping | None = None,
+                              adjoint_params: Sequence[torch.Tensor] | None = None):
+    """``odeint`` differentiated by the symplectic adjoint method: the exact gradient of the
+    solve with memory of the stored states plus one network use (the name and signature of
+    the authors' ``torch_symplectic_adjoint``)."""
+    return odeint(func, y0, t, rtol=rtol, atol=atol, method=method, options=options,
+                  gradient=SymplecticAdjoint(), adjoint_params=adjoint_params)

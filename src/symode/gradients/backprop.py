@@ -1,0 +1,26 @@
+"""Backpropagation through the solver: exact, memory grows with steps x stages x network."""
+
+from __future__ import annotations
+
+import torch
+
+from ..integrate import Trajectory
+from ..problem import Problem
+from .base import GradientMethod
+
+__all__ = ["Backprop"]
+
+
+class Backprop(GradientMethod):
+    """Differentiate the solve by recording every operation of the accepted steps in the
+    autograd graph (rejected trial steps are recorded too but freed at once). The step-size
+    logic is not differentiated, so this is the reference of exactness for the other methods.
+
+    Memory: every stage's activations of every step; no evaluation of ``f`` in the backward.
+    """
+
+    name = "backprop"
+
+    def solve(self, problem: Problem) -> tuple[torch.Tensor, Trajectory]:
+        trajectory = problem.integrate()
+        return torch.stack(trajectory.outputs), trajectory

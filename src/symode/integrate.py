@@ -1,0 +1,172 @@
+"""The time loop: the only place that steps through time.
+
+It takes steps with a tableau, accepts or rejects them, ends a step exactly on every output
+time and records the accepted grid (and, on request, the state at every grid point: the
+checkpoints of the symplectic adjoint). It knows nothing of gradients: whether an autograd
+graph is built is the caller's choice (``torch.no_grad()`` around it or not). The step-size
+logic always runs without gradient.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+
+from .runge_kutta import rk_step
+from .step_size import AdaptiveSteps, FixedSteps, initial_step
+from .tableau import ButcherTableau
+
+__all__ = ["Stats", "Trajectory", "SolveError", "integrate"]
+
+
+class SolveError(RuntimeError):
+    """A solve that cannot succeed: step size underflow, too many steps, non-finite state.
+
+    Attributes ``t`` (the time reached) and ``num_steps`` (accepted steps so far)."""
+
+    def __init__(self, message: str, t: float, num_steps: int):
+        super().__init__(message)
+        self.t = t
+        self.num_steps = num_steps
+
+
+@dataclass
+class Stats:
+    """Counts of one solve. The backward counts fill in when the backward pass runs.
+
+    ``nfe_backward`` counts every evaluation of ``f`` in the backward pass (recomputation
+    and vector-Jacobian products); ``nfe_backward_vjp`` those of them that were
+    differentiated (one network use each in the autograd graph).
+    """
+
+    num_accepted: int = 0
+    num_rejected: int = 0
+    nfe_forward: int = 0
+    nfe_backward: int = 0
+    nfe_backward_vjp: int = 0
+
+    @property
+    def num_steps(self) -> int:
+        return self.num_accepted + self.num_rejected
+
+
+@dataclass
+class Trajectory:
+    """The accepted grid ``ts`` (Python floats, ``ts[0] = t0``), the state at each grid point
+    (``ys``, only when asked for), the grid index of each output time and the outputs."""
+
+    ts: list[float]
+    out_index: list[int]
+    outputs: list[torch.Tensor]
+    ys: list[torch.Tensor] | None = None
+    stats: Stats = field(default_factory=Stats)
+
+
+def _check_finite(y: torch.Tensor, t: float, stats: Stats) -> None:
+    if not bool(torch.isfinite(y).all()):
+        raise SolveError(
+            f"the state became non-finite (inf or nan) by t = {t!r}, after {stats.num_accepted} "
+            f"accepted steps; f may blow up there, or the steps may be too large for stability "
+            f"(try a smaller step_size or an adaptive method)", t, stats.num_accepted)
+
+
+def integrate(rhs: Callable[[float, torch.Tensor], torch.Tensor], y0: torch.Tensor,
+              t_out: Sequence[float], tableau: ButcherTableau, steps: FixedSteps | AdaptiveSteps,
+              *, rtol=None, atol=None, norm=None, keep_states: bool = False,
+              stats: Stats | None = None, f0: torch.Tensor | None = None) -> Trajectory:
+    """Solve from ``y0`` at ``t_out[0]`` through the output times ``t_out``.
+
+    ``rhs(t, y)`` takes a float time; ``rtol``/``atol`` (floats or tensors shaped like
+    ``y0``) and ``norm`` are needed for adaptive steps. ``f0 = rhs(t_out[0], y0)`` may be
+    passed if already evaluated. Raises ``SolveError`` if the solve cannot succeed.
+    """
+    stats = Stats() if stats is None else stats
+    t = float(t_out[0])
+    y = y0
+    ts = [t]
+    ys = [y0] if keep_states else None
+    outputs = [y0]
+    out_index = [0]
+    fsal = tableau.fsal
+
+    def accept(t_next: float, y_next: torch.Tensor) -> None:
+        stats.num_accepted += 1
+        ts.append(t_next)
+        if keep_states:
+            ys.append(y_next)
+
+    if isinstance(steps, FixedSteps):
+        points, idx = steps.plan(t_out)
+        k1 = f0
+        for t_next in points[1:]:
+            y, _, ks, _ = rk_step(rhs, tableau, t, t_next, y, k1, with_error=False)
+            k1 = ks[-1] if fsal else None
+            t = t_next
+            accept(t, y)
+            if len(ts) - 1 == idx[len(outputs)]:
+                _check_finite(y, t, stats)
+                outputs.append(y)
+                out_index.append(len(ts) - 1)
+        return Trajectory(ts, out_index, outputs, ys, stats)
+
+    # adaptive steps ---------------------------------------------------------------------
+    if not tableau.adaptive:
+        raise ValueError(f"method {tableau.name!r} has no error estimate: pass a step size instead")
+    _check_finite(y0, t, stats)
+    direction = 1.0 if t_out[-1] > t_out[0] else -1.0
+    k = tableau.error_order + 1
+    k1 = rhs(t, y0) if f0 is None else f0
+    with torch.no_grad():
+        if steps.first_step is not None:
+            h = steps.first_step
+        else:
+            h = initial_step(rhs, t, y0.detach(), k1.detach(), direction, tableau.error_order,
+                             rtol, atol, norm, abs(t_out[-1] - t_out[0]))
+    prev_ratio = 1.0
+    after_reject = False
+    ratio = float("nan")
+    for target in t_out[1:]:
+        while t != target:
+            if stats.num_steps >= steps.max_num_steps:
+                raise SolveError(
+                    f"reached max_num_steps = {steps.max_num_steps} at t = {t!r} "
+                    f"({stats.num_accepted} accepted, {stats.num_rejected} rejected steps) before "
+                    f"t = {target!r}; raise options['max_num_steps'] or loosen rtol/atol",
+                    t, stats.num_accepted)
+            if h <= 4 * math.ulp(max(abs(t), abs(target))) or not math.isfinite(h):
+                raise SolveError(
+                    f"step size underflow (h = {h!r}) at t = {t!r}, after {stats.num_accepted} accepted "
+                    f"and {stats.num_rejected} rejected steps (last error ratio {ratio!r}); "
+                    + ("the state or f became non-finite there. " if not math.isfinite(ratio) else
+                       "the problem may be stiff or singular there, or rtol/atol too tight. "),
+                    t, stats.num_accepted)
+            t_next = t + direction * h
+            clipped = direction * (target - t_next) <= 0.01 * h
+            if clipped:
+                t_next = target
+            y_next, err, ks, _ = rk_step(rhs, tableau, t, t_next, y, k1)
+            with torch.no_grad():
+                scale = atol + rtol * torch.maximum(y.detach().abs(), y_next.detach().abs())
+                ratio = float(norm(err.detach() / scale))
+            h_proposed, h_taken = h, abs(t_next - t)
+            accepted = ratio <= 1.0
+            factor = steps.factor(ratio, prev_ratio, k, accepted, after_reject)
+            h = h_taken * factor
+            if accepted:
+                t, y = t_next, y_next
+                k1 = ks[-1] if fsal else None
+                accept(t, y)
+                prev_ratio = max(ratio, 1e-4)
+                after_reject = False
+                if clipped:  # a step shortened to meet an output time says little of the next
+                    h = max(h, min(h_proposed, h_taken * steps.ifactor))
+            else:
+                stats.num_rejected += 1
+                after_reject = True
+        _check_finite(y, t, stats)
+        outputs.append(y)
+        out_index.append(len(ts) - 1)
+    return Trajectory(ts, out_index, outputs, ys, stats)

@@ -1,0 +1,89 @@
+"""One explicit Runge-Kutta step, as pure functions of a tableau.
+
+These functions are shared by every pass that evaluates a step: the forward solve (with or
+without an autograd graph) and the recomputation in the backward pass of the symplectic
+adjoint. Using the same arithmetic in every pass is what makes the stored and the recomputed
+stage states bit-identical, and so the gradient methods agree to round-off.
+
+``rhs(t, y)`` takes a Python float time and a tensor state and returns ``dy/dt``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+
+from .tableau import ButcherTableau
+
+Rhs = Callable[[float, torch.Tensor], torch.Tensor]
+
+__all__ = ["stage_time", "combine", "stage_state", "rk_step"]
+
+
+def stage_time(tableau: ButcherTableau, i: int, t: float, t_next: float, h: float) -> float:
+    """The time of stage ``i`` of the step ``t -> t_next = t + h``.
+
+    A stage with ``c_i == 1`` is evaluated at ``t_next`` itself (not ``t + h``, which can
+    differ from it by rounding), so an FSAL stage is exactly the next step's first stage.
+    """
+    ci = tableau.c[i]
+    if ci == 1.0:
+        return t_next
+    return t + ci * h
+
+
+def combine(y: torch.Tensor, h: float, terms: Sequence[tuple[int, float]],
+            ks: Sequence[torch.Tensor | None]) -> torch.Tensor:
+    """``y + h * sum_j w_j k_j`` over ``terms = ((j, w_j), ...)``, in that order."""
+    out = y
+    for j, w in terms:
+        out = out.add(ks[j], alpha=h * w)
+    return out
+
+
+def stage_state(tableau: ButcherTableau, i: int, y: torch.Tensor, h: float,
+                ks: Sequence[torch.Tensor | None]) -> torch.Tensor:
+    """The state ``Y_i = y + h * sum_{j<i} a_ij k_j`` of stage ``i``."""
+    return combine(y, h, tableau.a_terms[i], ks)
+
+
+def rk_step(rhs: Rhs, tableau: ButcherTableau, t: float, t_next: float, y: torch.Tensor,
+            k1: torch.Tensor | None = None, *, with_error: bool = True,
+            stages: Sequence[int] | None = None):
+    """Take one step ``t -> t_next`` from ``y``.
+
+    Args:
+        k1: ``f(t, y)`` if already known (the FSAL stage of the previous step, or the
+            evaluation made by the initial step heuristic); it is then not evaluated again.
+        with_error: also return the error estimate ``h * sum_i b_err_i k_i``.
+        stages: evaluate only these stages (ascending). Defaults to every stage when an
+            error estimate is wanted, else to ``tableau.solution_stages``.
+
+    Returns ``(y_next, error_or_None, ks, Ys)``: ``ks[i]``/``Ys[i]`` are the stage
+    derivatives/states, ``None`` for stages not evaluated. For an FSAL tableau the last
+    stage state *is* ``y_next`` (the same tensor), so the next step's ``k1 = ks[-1]``.
+    """
+    h = t_next - t
+    s = tableau.num_stages
+    if stages is None:
+        stages = range(s) if (with_error or tableau.fsal) else tableau.solution_stages
+    ks: list[torch.Tensor | None] = [None] * s
+    Ys: list[torch.Tensor | None] = [None] * s
+    for i in stages:
+        Yi = y if i == 0 else stage_state(tableau, i, y, h, ks)
+        Ys[i] = Yi
+        if i == 0 and k1 is not None:
+            ks[0] = k1
+        else:
+            ks[i] = rhs(stage_time(tableau, i, t, t_next, h), Yi)
+    if tableau.fsal and Ys[-1] is not None:
+        y_next = Ys[-1]
+    else:
+        y_next = combine(y, h, tableau.b_terms, ks)
+    error = None
+    if with_error:
+        if tableau.b_err is None:
+            raise ValueError(f"method {tableau.name!r} has no error estimate (b_err is None)")
+        error = combine(torch.zeros_like(y), h, tableau.b_err_terms, ks)
+    return y_next, error, ks, Ys

@@ -1,0 +1,236 @@
+"""Step-size selection: fixed steps and adaptive (I / PI) control.
+
+Step sizes are constants of every gradient method: everything here runs on Python floats
+and detached tensors, under ``torch.no_grad()``, and is never differentiated. That is what
+makes "an exact gradient method equals backprop through the solver" hold to round-off.
+
+Times are Python floats (float64) here; see ``symode.solve`` for the dtype policy.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from numbers import Real
+from typing import Callable, Sequence
+
+import torch
+
+__all__ = ["FixedSteps", "AdaptiveSteps", "rms_norm", "mixed_rms_norm"]
+
+Norm = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _is_real(x) -> bool:
+    return isinstance(x, Real) and not isinstance(x, bool)
+
+
+def _positive_float(value, name: str, *, allow_none: bool = False) -> float | None:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = value.item()
+    if not _is_real(value):
+        raise TypeError(f"{name} must be a positive number, got {value!r}")
+    value = float(value)
+    if not (value > 0 and math.isfinite(value)):
+        raise ValueError(f"{name} must be positive and finite, got {value!r}")
+    return value
+
+
+def rms_norm(x: torch.Tensor) -> torch.Tensor:
+    """Root mean square of all entries."""
+    return x.pow(2).mean().sqrt()
+
+
+def mixed_rms_norm(sizes: Sequence[int]) -> Norm:
+    """For a flat state made of tuple components of ``sizes``: the max of their RMS norms
+    (as torchdiffeq does for tuple states, so that a small component is not drowned)."""
+    sizes = tuple(int(s) for s in sizes)
+
+    def norm(x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([rms_norm(part) for part in torch.split(x.reshape(-1), sizes)]).max()
+    return norm
+
+
+# --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class FixedSteps:
+    """Fixed steps: ``step_size`` steps per output interval, or a user ``grid``.
+
+    With ``step_size=h`` each interval between consecutive output times is crossed in steps
+    of ``h``; the last step of an interval is shortened to end exactly on the output time
+    (a remainder below 1e-9 of ``h`` is absorbed instead of taking a sliver of a step).
+    With ``grid`` the steps end at the grid points and at every output time; the grid must
+    start at ``t[0]`` and end at ``t[-1]``.
+    """
+
+    step_size: float | None = None
+    grid: tuple[float, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if (self.step_size is None) == (self.grid is None):
+            raise ValueError(
+                "fixed steps need exactly one of step_size (e.g. options={'step_size': 0.01}) "
+                f"or grid; got step_size={self.step_size!r}, grid={self.grid!r}")
+        if self.step_size is not None:
+            # positive: the direction of the steps is that of t
+            object.__setattr__(self, "step_size", _positive_float(self.step_size, "step_size"))
+        else:
+            grid = self.grid
+            if isinstance(grid, torch.Tensor):
+                if grid.ndim != 1:
+                    raise ValueError(f"grid must be a 1-D tensor of times, got shape {tuple(grid.shape)}")
+                grid = grid.detach().cpu().double().tolist()
+            try:
+                grid = tuple(float(g) for g in grid)
+            except TypeError:
+                raise TypeError(f"grid must be a 1-D tensor or sequence of times, got {self.grid!r}") from None
+            if len(grid) < 2 or not all(math.isfinite(g) for g in grid):
+                raise ValueError(f"grid must hold at least two finite times, got {grid!r}")
+            diffs = [b - a for a, b in zip(grid, grid[1:])]
+            if not (all(d > 0 for d in diffs) or all(d < 0 for d in diffs)):
+                raise ValueError("grid must be strictly increasing or strictly decreasing")
+            object.__setattr__(self, "grid", grid)
+
+    def plan(self, t_out: Sequence[float]) -> tuple[list[float], list[int]]:
+        """The step endpoints (``t_out[0]`` first) and the grid index of each output time."""
+        if self.step_size is not None:
+            h = self.step_size
+            points = [t_out[0]]
+            out_idx = [0]
+            for a, b in zip(t_out, t_out[1:]):
+                q = abs(b - a) / h
+                n = max(1, math.ceil(q - 1e-9))
+                d = 1.0 if b > a else -1.0
+                points.extend(a + d * i * h for i in range(1, n))
+                points.append(b)
+                out_idx.append(len(points) - 1)
+            return points, out_idx
+        grid = self.grid
+        if grid[0] != t_out[0] or grid[-1] != t_out[-1]:
+            raise ValueError(
+                f"grid must start at t[0] = {t_out[0]!r} and end at t[-1] = {t_out[-1]!r}; "
+                f"got {grid[0]!r} .. {grid[-1]!r}")
+        if (grid[-1] - grid[0] > 0) != (t_out[-1] - t_out[0] > 0):
+            raise ValueError("grid must run in the same direction as t")
+        sign = 1.0 if t_out[-1] > t_out[0] else -1.0
+        points = sorted(set(grid) | set(t_out), key=lambda v: sign * v)
+        index = {p: i for i, p in enumerate(points)}
+        return points, [index[t] for t in t_out]
+
+
+# --------------------------------------------------------------------------------------
+_CONTROLLERS = {"pi": (0.3, 0.4), "i": (1.0, 0.0)}  # name -> (icoeff, pcoeff)
+
+
+@dataclass(frozen=True)
+class AdaptiveSteps:
+    """Adaptive steps from an embedded error estimate.
+
+    A step is accepted when ``||err / (atol + rtol * max(|y_n|, |y_{n+1}|))|| <= 1`` in the
+    RMS norm (for tuple states: the largest RMS over the components). The next step is
+    ``h * clip(safety * r_n**(-(icoeff + pcoeff)/k) * r_{n-1}**(pcoeff/k), dfactor, ifactor)``
+    with ``k = error_order + 1`` and ``r`` the error ratios of the last two accepted steps:
+    ``controller="pi"`` uses Hairer's PI gains (icoeff 0.3, pcoeff 0.4), ``"i"`` the classic
+    integral controller (1, 0). After a rejection the step shrinks by
+    ``max(dfactor, safety * r**(-1/k))`` and does not grow on the next accepted step.
+
+    ``rtol``/``atol`` are positive scalars or tensors broadcastable to the state (a tuple of
+    them for tuple states). ``first_step`` overrides the initial step heuristic
+    (Hairer, Norsett & Wanner, Solving ODEs I, II.4). Steps are clipped to end exactly on
+    every output time. More than ``max_num_steps`` attempted steps is an error.
+    """
+
+    rtol: float | torch.Tensor = 1e-7
+    atol: float | torch.Tensor = 1e-9
+    first_step: float | None = None
+    controller: str = "pi"
+    safety: float = 0.9
+    ifactor: float = 10.0
+    dfactor: float = 0.2
+    max_num_steps: int = 100_000
+
+    def __post_init__(self) -> None:
+        _check_tolerance(self.rtol, "rtol")
+        _check_tolerance(self.atol, "atol")
+        object.__setattr__(self, "first_step", _positive_float(self.first_step, "first_step", allow_none=True))
+        if not isinstance(self.controller, str) or self.controller.lower() not in _CONTROLLERS:
+            raise ValueError(f"controller must be one of {sorted(_CONTROLLERS)}, got {self.controller!r}")
+        object.__setattr__(self, "controller", self.controller.lower())
+        safety = _positive_float(self.safety, "safety")
+        if safety > 1:
+            raise ValueError(f"safety must be in (0, 1], got {safety!r}")
+        ifactor = _positive_float(self.ifactor, "ifactor")
+        dfactor = _positive_float(self.dfactor, "dfactor")
+        if ifactor <= 1:
+            raise ValueError(f"ifactor (largest growth of a step) must be > 1, got {ifactor!r}")
+        if dfactor >= 1:
+            raise ValueError(f"dfactor (largest shrink of a step) must be < 1, got {dfactor!r}")
+        if isinstance(self.max_num_steps, bool) or not isinstance(self.max_num_steps, int) or self.max_num_steps < 1:
+            raise ValueError(f"max_num_steps must be a positive int, got {self.max_num_steps!r}")
+        object.__setattr__(self, "safety", safety)
+        object.__setattr__(self, "ifactor", ifactor)
+        object.__setattr__(self, "dfactor", dfactor)
+
+    @property
+    def gains(self) -> tuple[float, float]:
+        return _CONTROLLERS[self.controller]
+
+    def factor(self, ratio: float, prev_ratio: float, k: int, accepted: bool, after_reject: bool) -> float:
+        """The factor by which to multiply the step just tried."""
+        if not math.isfinite(ratio):
+            return self.dfactor
+        if not accepted:
+            return max(self.dfactor, self.safety * ratio ** (-1.0 / k))
+        if ratio == 0.0:
+            f = self.ifactor
+        else:
+            icoeff, pcoeff = self.gains
+            f = self.safety * ratio ** (-(icoeff + pcoeff) / k) * prev_ratio ** (pcoeff / k)
+        f = min(self.ifactor, max(self.dfactor, f))
+        return min(f, 1.0) if after_reject else f
+
+
+def _check_tolerance(value, name: str) -> None:
+    parts = value if isinstance(value, (tuple, list)) else (value,)
+    if len(parts) == 0:
+        raise ValueError(f"{name} must not be empty")
+    for part in parts:
+        if isinstance(part, torch.Tensor):
+            if not (part.is_floating_point() or part.dtype in (torch.int32, torch.int64)):
+                raise TypeError(f"{name} tensor must be real, got dtype {part.dtype}")
+            if part.numel() == 0 or not bool(torch.all(part > 0)) or not bool(torch.all(torch.isfinite(part))):
+                raise ValueError(f"{name} must be positive and finite everywhere, got {part!r}")
+        elif _is_real(part):
+            if not (float(part) > 0 and math.isfinite(float(part))):
+                raise ValueError(f"{name} must be positive and finite, got {part!r}; e.g. {name}=1e-6")
+        else:
+            raise TypeError(f"{name} must be a positive number or tensor, got {part!r}")
+
+
+def initial_step(rhs, t0: float, y0: torch.Tensor, f0: torch.Tensor, direction: float,
+                 error_order: int, rtol, atol, norm: Norm, span: float) -> float:
+    """Hairer's heuristic for the first step (costs one evaluation of ``rhs``).
+
+    ``rtol``/``atol`` are floats or tensors shaped like ``y0``; ``span`` is ``|t_end - t0|``
+    and bounds the result. Runs without gradient; returns a positive float.
+    """
+    with torch.no_grad():
+        scale = atol + rtol * y0.abs()
+        d0 = float(norm(y0 / scale))
+        d1 = float(norm(f0 / scale))
+        if not (math.isfinite(d0) and math.isfinite(d1)):
+            return span  # the caller's checks report the non-finite state
+        h0 = 1e-6 if d0 < 1e-5 or d1 < 1e-5 else 0.01 * d0 / d1
+        h0 = min(h0, span)
+        y1 = y0 + (direction * h0) * f0
+        f1 = rhs(t0 + direction * h0, y1)
+        d2 = float(norm((f1 - f0) / scale)) / h0
+        if not math.isfinite(d2):
+            return h0
+        if max(d1, d2) <= 1e-15:
+            h1 = max(1e-6, h0 * 1e-3)
+        else:
+            h1 = (0.01 / max(d1, d2)) ** (1.0 / (error_order + 1))
+        return min(100 * h0, h1, span)
