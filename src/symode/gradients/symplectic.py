@@ -55,7 +55,7 @@ def _first_evaluation_checked(problem: Problem) -> torch.Tensor:
     require grad but are not among the parameters: the adjoint could give them no gradient,
     so that would be a silent error. Returns the evaluation, detached, for reuse."""
     t0 = problem.time(problem.t_out[0])
-    y = problem.y0.detach()
+    y = problem.y0.detach().requires_grad_(True)  # so that f sees a state that requires grad, as in the sweep
     with torch.enable_grad():
         problem.stats.nfe_forward += 1
         f0 = problem.func(t0, y)
@@ -116,7 +116,6 @@ class _SymplecticAdjointFunction(torch.autograd.Function):
                 k -= 1
             if n > 0:
                 lam = _step_adjoint(problem, ts[n - 1], ts[n], ys[n - 1], lam, diff_params, param_grads)
-                ys[n] = None  # this checkpoint is no longer needed
         grads = iter(param_grads)
         param_out = [next(grads) if w else None for w in wanted]
         return (None, None, None, lam, *param_out)
