@@ -33,10 +33,15 @@ def stage_time(tableau: ButcherTableau, i: int, t: float, t_next: float, h: floa
     return t + ci * h
 
 
-def combine(y: torch.Tensor, h: float, terms: Sequence[tuple[int, float]],
+def combine(y: torch.Tensor | None, h: float, terms: Sequence[tuple[int, float]],
             ks: Sequence[torch.Tensor | None]) -> torch.Tensor:
-    """``y + h * sum_j w_j k_j`` over ``terms = ((j, w_j), ...)``, in that order."""
-    out = y
+    """``y + h * sum_j w_j k_j`` over ``terms = ((j, w_j), ...)``, in that order
+    (``y=None``: just the sum)."""
+    if y is None:
+        (j, w), terms = terms[0], terms[1:]
+        out = ks[j] * (h * w)
+    else:
+        out = y
     for j, w in terms:
         out = out.add(ks[j], alpha=h * w)
     return out
@@ -85,5 +90,6 @@ def rk_step(rhs: Rhs, tableau: ButcherTableau, t: float, t_next: float, y: torch
     if with_error:
         if tableau.b_err is None:
             raise ValueError(f"method {tableau.name!r} has no error estimate (b_err is None)")
-        error = combine(torch.zeros_like(y), h, tableau.b_err_terms, ks)
+        with torch.no_grad():  # the error estimate only steers the step size: never differentiated
+            error = combine(None, h, tableau.b_err_terms, ks)
     return y_next, error, ks, Ys
