@@ -40,6 +40,9 @@ Cost
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -109,12 +112,32 @@ def _peak_memory_cuda(fn, args, kwargs, dev: torch.device) -> MemoryResult:
 def _peak_memory_cpu(fn, args, kwargs) -> MemoryResult:
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
+    with _quiet_stderr():  # the profiler's library logs "profiler_start"/"profiler_stop" lines
+        prof.__enter__()
+    try:
         canary = torch.empty(_CANARY_BYTES, dtype=torch.uint8)
         del canary
         result = fn(*args, **kwargs)
+    finally:
+        with _quiet_stderr():
+            prof.__exit__(None, None, None)
     deltas = _cpu_memory_deltas(prof)
     return MemoryResult(peak_bytes=_peak_after_canary(deltas), result=result)
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Silence file descriptor 2 (C++ logging bypasses ``sys.stderr``) for a moment."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def _broken(what: str) -> RuntimeError:

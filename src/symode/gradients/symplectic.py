@@ -153,18 +153,7 @@ def _step_adjoint(problem: Problem, t: float, t_next: float, y: torch.Tensor, la
         Yi, Ys[i] = Ys[i], None
         if cotangent is None:  # structurally zero: nothing flows through this stage
             continue
-        with torch.enable_grad():
-            Yi = Yi.detach().requires_grad_(True)
-            stats.nfe_backward += 1
-            stats.nfe_backward_vjp += 1
-            ki = func(time(stage_time(tableau, i, t, t_next, h)), Yi)
-            if not ki.requires_grad:
-                continue  # f does not depend on the state nor on any parameter here
-            grads = torch.autograd.grad(ki, (Yi, *params), cotangent, allow_unused=True)
-        mu = grads[0]
-        for acc, g in zip(param_grads, grads[1:]):
-            if g is not None:
-                acc.add_(g)
+        mu = _stage_vjp(problem, stage_time(tableau, i, t, t_next, h), Yi, cotangent, params, param_grads)
         if mu is None:
             continue
         lam_out.add_(mu)
@@ -173,4 +162,24 @@ def _step_adjoint(problem: Problem, t: float, t_next: float, y: torch.Tensor, la
                 kappa[j] = mu * (h * aij)
             else:
                 kappa[j].add_(mu, alpha=h * aij)
+        del mu, Yi, cotangent  # free before the next stage's graph is built
     return lam_out
+
+
+def _stage_vjp(problem: Problem, t: float, Y: torch.Tensor, cotangent: torch.Tensor,
+               params: tuple[torch.Tensor, ...], param_grads: list[torch.Tensor]) -> torch.Tensor | None:
+    """One differentiated evaluation of ``f`` at ``(t, Y)``: add ``cotangent^T df/dθ`` to
+    ``param_grads`` and return ``cotangent^T df/dy`` (``None`` if ``f`` ignores ``y``).
+    A function of its own so that the graph and the stage's gradients die on return."""
+    problem.stats.nfe_backward += 1
+    problem.stats.nfe_backward_vjp += 1
+    with torch.enable_grad():
+        Y = Y.detach().requires_grad_(True)
+        k = problem.func(problem.time(t), Y)
+        if not k.requires_grad:
+            return None  # f depends neither on the state nor on any parameter here
+        grads = torch.autograd.grad(k, (Y, *params), cotangent, allow_unused=True)
+    for acc, g in zip(param_grads, grads[1:]):
+        if g is not None:
+            acc.add_(g)
+    return grads[0]
