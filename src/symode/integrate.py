@@ -166,6 +166,7 @@ def integrate(rhs: Callable[[float, torch.Tensor], torch.Tensor], y0: torch.Tens
             else:
                 stats.num_rejected += 1
                 after_reject = True
+                k1 = ks[0]  # same (t, y): the retry reuses its first stage
         _check_finite(y, t, stats)
         outputs.append(y)
         out_index.append(len(ts) - 1)

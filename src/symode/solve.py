@@ -206,9 +206,18 @@ class _State:
         if self.components is not None and isinstance(tol, (tuple, list)):
             if len(tol) != len(self.components):
                 raise ValueError(f"{name} has {len(tol)} entries but y0 has {len(self.components)} components")
-            return torch.cat([
-                torch.as_tensor(part, dtype=like.dtype, device=like.device).expand(c.shape).reshape(-1)
-                for part, c in zip(tol, self.components)])
+            parts = []
+            for i, (part, c) in enumerate(zip(tol, self.components)):
+                part = torch.as_tensor(part, dtype=like.dtype, device=like.device)
+                try:
+                    parts.append(part.expand(c.shape).reshape(-1))
+                except RuntimeError:
+                    raise ValueError(f"{name}[{i}] of shape {tuple(part.shape)} does not broadcast to the shape "
+                                     f"{tuple(c.shape)} of y0[{i}]") from None
+            return torch.cat(parts)
+        if isinstance(tol, (tuple, list)):
+            raise TypeError(f"{name} is a {type(tol).__name__} of {len(tol)} entries, but y0 is a single tensor: "
+                            f"give a number, or a tensor that broadcasts to y0's shape {tuple(self.y0.shape)}")
         if isinstance(tol, torch.Tensor):
             target = self.y0 if self.components is None else like
             try:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from numbers import Real
+from numbers import Integral, Real
 from typing import Callable, Sequence
 
 import torch
@@ -167,8 +167,9 @@ class AdaptiveSteps:
             raise ValueError(f"ifactor (largest growth of a step) must be > 1, got {ifactor!r}")
         if dfactor >= 1:
             raise ValueError(f"dfactor (largest shrink of a step) must be < 1, got {dfactor!r}")
-        if isinstance(self.max_num_steps, bool) or not isinstance(self.max_num_steps, int) or self.max_num_steps < 1:
+        if isinstance(self.max_num_steps, bool) or not isinstance(self.max_num_steps, Integral) or self.max_num_steps < 1:
             raise ValueError(f"max_num_steps must be a positive int, got {self.max_num_steps!r}")
+        object.__setattr__(self, "max_num_steps", int(self.max_num_steps))
         object.__setattr__(self, "safety", safety)
         object.__setattr__(self, "ifactor", ifactor)
         object.__setattr__(self, "dfactor", dfactor)
@@ -214,8 +215,11 @@ def initial_step(rhs, t0: float, y0: torch.Tensor, f0: torch.Tensor, direction: 
     """Hairer's heuristic for the first step (costs one evaluation of ``rhs``).
 
     ``rtol``/``atol`` are floats or tensors shaped like ``y0``; ``span`` is ``|t_end - t0|``
-    and bounds the result. Runs without gradient; returns a positive float.
+    and bounds the result. Runs without gradient; returns a positive float (0.0 when
+    ``span`` is 0: a single output time, no step).
     """
+    if not span > 0.0:
+        return 0.0  # a single output time: no step is taken (and h0 = 0 would divide by zero below)
     with torch.no_grad():
         scale = atol + rtol * y0.abs()
         d0 = float(norm(y0 / scale))

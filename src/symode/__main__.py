@@ -1,0 +1,7 @@
+"""``python -m symode``: the ``symode`` command (see ``symode.cli``)."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
