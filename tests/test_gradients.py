@@ -12,7 +12,9 @@ import torch
 import symode
 from symode.gradients import GRADIENT_METHODS
 
-EXACT = sorted(name for name, cls in GRADIENT_METHODS.items() if cls.exact and name != "backprop")
+#: every configuration of every exact method but the reference
+EXACT = [method for name, cls in sorted(GRADIENT_METHODS.items()) if cls.exact and name != "backprop"
+         for method in cls.configurations()]
 TABLEAUS = sorted({tab.name: tab for tab in symode.TABLEAUS.values()})
 ADAPTIVE = [name for name in TABLEAUS if symode.TABLEAUS[name].adaptive]
 
@@ -82,7 +84,7 @@ def check_against_backprop(func, y0, t, method, steps, gradient, tol):
     return sol
 
 
-@pytest.mark.parametrize("gradient", EXACT)
+@pytest.mark.parametrize("gradient", EXACT, ids=repr)
 @pytest.mark.parametrize("kind", ["fixed", "adaptive"])
 @pytest.mark.parametrize("method", TABLEAUS)
 def test_exact_gradients_float64(method, kind, gradient):
@@ -94,7 +96,7 @@ def test_exact_gradients_float64(method, kind, gradient):
     check_against_backprop(func, y0, t, method, steps_for(method, kind), gradient, 1e-12)
 
 
-@pytest.mark.parametrize("gradient", EXACT)
+@pytest.mark.parametrize("gradient", EXACT, ids=repr)
 @pytest.mark.parametrize("method", ["euler", "midpoint", "rk4", "bosh3", "dopri5", "tsit5", "dopri8"])
 def test_exact_gradients_decreasing_time_and_tuple_state(method, gradient):
     kind = "adaptive" if symode.TABLEAUS[method].adaptive else "fixed"
@@ -106,7 +108,7 @@ def test_exact_gradients_decreasing_time_and_tuple_state(method, gradient):
     check_against_backprop(func, (x0, v0), t, method, steps_for(method, kind), gradient, 1e-12)
 
 
-@pytest.mark.parametrize("gradient", EXACT)
+@pytest.mark.parametrize("gradient", EXACT, ids=repr)
 @pytest.mark.parametrize("method", ["rk4", "dopri5", "dopri8"])
 def test_exact_gradients_float32(method, gradient):
     kind = "adaptive" if symode.TABLEAUS[method].adaptive else "fixed"
@@ -116,7 +118,7 @@ def test_exact_gradients_float32(method, gradient):
     check_against_backprop(func, y0, t, method, steps_for(method, kind, torch.float32), gradient, 1e-5)
 
 
-@pytest.mark.parametrize("gradient", ["backprop"] + EXACT)
+@pytest.mark.parametrize("gradient", [symode.Backprop()] + EXACT, ids=repr)
 @pytest.mark.parametrize("method,steps", [
     ("rk4", symode.FixedSteps(step_size=0.25)),
     ("dopri5", symode.AdaptiveSteps(rtol=1e-5, atol=1e-5, first_step=0.2)),
@@ -144,7 +146,7 @@ def test_gradcheck(method, steps, gradient):
     assert torch.autograd.gradcheck(run, inputs, eps=1e-6, atol=1e-7, rtol=1e-6)
 
 
-@pytest.mark.parametrize("gradient", EXACT)
+@pytest.mark.parametrize("gradient", EXACT, ids=repr)
 def test_vector_field_that_calls_autograd(gradient):
     """A continuous normalizing flow: f returns (dz/dt, -tr(df/dz)) with a Hutchinson estimate,
     so f itself calls torch.autograd.grad (with create_graph)."""
@@ -171,7 +173,7 @@ def test_vector_field_that_calls_autograd(gradient):
                            gradient, 1e-12)
 
 
-@pytest.mark.parametrize("gradient", ["backprop"] + EXACT)
+@pytest.mark.parametrize("gradient", [symode.Backprop()] + EXACT, ids=repr)
 def test_unused_parameter_gets_zero_gradient(gradient):
     func = Field()
     func.unused = torch.nn.Parameter(torch.ones(3, dtype=torch.float64))
@@ -183,7 +185,7 @@ def test_unused_parameter_gets_zero_gradient(gradient):
     assert func.w1.grad is not None and func.w1.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("gradient", EXACT)
+@pytest.mark.parametrize("gradient", EXACT, ids=repr)
 def test_closure_over_tensors_is_not_silently_ignored(gradient):
     weight = torch.tensor([[-0.5, 1.0], [-1.0, -0.2]], dtype=torch.float64, requires_grad=True)
     y0 = torch.ones(2, dtype=torch.float64, requires_grad=True)
@@ -251,3 +253,57 @@ def test_no_grad_solve_keeps_no_checkpoints():
         ys = symode.odeint_symplectic_adjoint(func, y0, t, rtol=1e-6, atol=1e-6)
     ref = symode.odeint(func, y0, t, rtol=1e-6, atol=1e-6)
     assert not ys.requires_grad and torch.equal(ys, ref.detach())
+
+
+def test_backward_evaluations_per_step_of_every_stepwise_method():
+    """dopri5 (6 stages that matter, FSAL): checkpoint rebuilds 6 stages per step; the
+    symplectic adjoint with stored stages only sweeps 6; with a memory cap it also recomputes
+    steps (6 evaluations each) as many times as the binomial schedule says; one checkpoint
+    re-runs the forward pass on the grid (1 + 6 per step)."""
+    from symode.checkpointing import optimal_recomputations
+
+    t = torch.tensor([0.0, 0.4, 1.0], dtype=torch.float64)
+    steps = symode.AdaptiveSteps(rtol=1e-7, atol=1e-7)
+
+    def run(gradient):
+        func = Field()
+        y0 = torch.ones(1, 3, dtype=torch.float64, requires_grad=True)
+        sol = symode.solve(func, y0, t, method="dopri5", steps=steps, gradient=gradient)
+        sol.ys.sum().backward()
+        return sol.stats
+
+    stats = run(symode.Checkpoint())
+    n = stats.num_accepted
+    assert n > 5 and stats.nfe_backward == stats.nfe_backward_vjp == 6 * n
+    stats = run(symode.SymplecticAdjoint(store_stages=True))
+    assert stats.nfe_backward == stats.nfe_backward_vjp == 6 * n
+    stats = run(symode.SymplecticAdjoint(max_checkpoints=2))
+    assert stats.nfe_backward_vjp == 6 * n
+    assert stats.nfe_backward == 11 * n + 6 * optimal_recomputations(n, 2)
+    stats = run(symode.OneCheckpoint())
+    assert stats.nfe_backward == stats.nfe_backward_vjp == 1 + 6 * n
+
+
+def test_memory_cap_recomputes_the_forward_states_exactly():
+    """With one slot, states are recomputed many times over; the gradient is still bitwise
+    that of the uncapped adjoint, whose states were stored in the forward pass."""
+    func = Field()
+    y0 = torch.randn(2, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    t = torch.tensor([0.0, 0.5, 2.0], dtype=torch.float64)
+    grads = []
+    for gradient in (symode.SymplecticAdjoint(), symode.SymplecticAdjoint(max_checkpoints=1),
+                     symode.SymplecticAdjoint(max_checkpoints=0)):
+        ys = symode.odeint(func, y0, t, rtol=1e-8, atol=1e-8, gradient=gradient)
+        grads.append(torch.autograd.grad(ys.pow(2).sum(), (y0, *func.parameters())))
+    for other in grads[1:]:
+        for a, b in zip(grads[0], other):
+            assert torch.equal(a, b)
+
+
+def test_gradient_method_arguments_are_validated():
+    with pytest.raises(ValueError, match="max_checkpoints"):
+        symode.SymplecticAdjoint(max_checkpoints=-1)
+    with pytest.raises(ValueError, match="store_stages"):
+        symode.SymplecticAdjoint(store_stages=True, max_checkpoints=3)
+    with pytest.raises(TypeError, match="store_stages"):
+        symode.SymplecticAdjoint(store_stages="yes")

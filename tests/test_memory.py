@@ -139,3 +139,37 @@ def test_symplectic_adjoint_peak_close_to_floor(measured):
     for n in STEPS:
         floor = n * STATE + 2 * STAGES * STATE + ACTIVATIONS + theta
         assert peaks["symplectic_adjoint", n] <= 1.1 * (floor + theta), (n, peaks["symplectic_adjoint", n] / floor)
+
+
+def _peak(func, y0, t, n, gradient):
+    func.zero_grad(set_to_none=True)
+    y0.grad = None
+    return peak_memory(_iteration, func, y0, t, n, gradient).peak_bytes
+
+
+def test_memory_orders_as_the_theory_says_and_the_cap_is_flat():
+    """backprop ~ one checkpoint > checkpoint > symplectic adjoint; with max_checkpoints the
+    symplectic adjoint's peak does not grow with N at all (the recomputed states replace the
+    stored ones)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(0)
+        func = MLP().to(DTYPE)
+        y0 = torch.randn(BATCH, DIM, dtype=DTYPE).requires_grad_(True)
+        t = torch.tensor([0.0, 1.0], dtype=DTYPE)
+        n = STEPS[-1]
+        peak = {name: _peak(func, y0, t, n, name) for name in ("backprop", "one_checkpoint", "checkpoint")}
+        peak["symplectic"] = _peak(func, y0, t, n, symode.SymplecticAdjoint())
+        capped = {m: _peak(func, y0, t, m, symode.SymplecticAdjoint(max_checkpoints=3)) for m in (STEPS[0], n)}
+    finally:
+        torch.set_num_threads(threads)
+    # one checkpoint rebuilds the whole graph: backprop's memory, within the stored y0 and outputs
+    assert abs(peak["one_checkpoint"] - peak["backprop"]) <= 0.05 * peak["backprop"]
+    # checkpoint: N states + one step's graph (s uses) < the whole graph
+    assert peak["checkpoint"] < 0.25 * peak["backprop"]
+    # ... and more than the symplectic adjoint by at least s - 1 network uses' hidden activations
+    assert peak["checkpoint"] - peak["symplectic"] >= (STAGES - 1) * HIDDEN
+    # the cap: the same peak at N = 10 and N = 40, below the uncapped adjoint's at N = 40
+    assert capped[STEPS[0]] == capped[n]
+    assert capped[n] < peak["symplectic"]

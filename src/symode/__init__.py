@@ -2,7 +2,7 @@
 memory by the symplectic adjoint method."""
 
 from .compat import odeint, odeint_symplectic_adjoint
-from .gradients import Backprop, GradientMethod, SymplecticAdjoint
+from .gradients import Backprop, Checkpoint, GradientMethod, OneCheckpoint, SymplecticAdjoint
 from .integrate import SolveError, Stats
 from .methods import TABLEAUS, get_tableau
 from .solve import Solution, solve
@@ -13,6 +13,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "odeint", "odeint_symplectic_adjoint", "solve", "Solution", "Stats", "SolveError",
-    "Backprop", "SymplecticAdjoint", "GradientMethod",
+    "Backprop", "Checkpoint", "OneCheckpoint", "SymplecticAdjoint", "GradientMethod",
     "FixedSteps", "AdaptiveSteps", "ButcherTableau", "TABLEAUS", "get_tableau",
 ]

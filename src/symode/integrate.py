@@ -56,13 +56,16 @@ class Stats:
 @dataclass
 class Trajectory:
     """The accepted grid ``ts`` (Python floats, ``ts[0] = t0``), the state at each grid point
-    (``ys``, only when asked for), the grid index of each output time and the outputs."""
+    (``ys``, only when asked for), the grid index of each output time and the outputs; with
+    ``keep_stages``, ``stages[n][i]`` is the state of stage ``i`` of step ``n`` for the stages
+    that influence the solution (``None`` for the others)."""
 
     ts: list[float]
     out_index: list[int]
     outputs: list[torch.Tensor]
     ys: list[torch.Tensor] | None = None
     stats: Stats = field(default_factory=Stats)
+    stages: list[list[torch.Tensor | None]] | None = None
 
 
 def _check_finite(y: torch.Tensor, t: float, stats: Stats) -> None:
@@ -75,12 +78,13 @@ def _check_finite(y: torch.Tensor, t: float, stats: Stats) -> None:
 
 def integrate(rhs: Callable[[float, torch.Tensor], torch.Tensor], y0: torch.Tensor,
               t_out: Sequence[float], tableau: ButcherTableau, steps: FixedSteps | AdaptiveSteps,
-              *, rtol=None, atol=None, norm=None, keep_states: bool = False,
+              *, rtol=None, atol=None, norm=None, keep_states: bool = False, keep_stages: bool = False,
               stats: Stats | None = None, f0: torch.Tensor | None = None) -> Trajectory:
     """Solve from ``y0`` at ``t_out[0]`` through the output times ``t_out``.
 
     ``rhs(t, y)`` takes a float time; ``rtol``/``atol`` (floats or tensors shaped like
-    ``y0``) and ``norm`` are needed for adaptive steps. ``f0 = rhs(t_out[0], y0)`` may be
+    ``y0``) and ``norm`` are needed for adaptive steps. ``keep_states``/``keep_stages``
+    record the state/the stage states at every accepted step. ``f0 = rhs(t_out[0], y0)`` may be
     passed if already evaluated. Raises ``SolveError`` if the solve cannot succeed.
     """
     stats = Stats() if stats is None else stats
@@ -91,26 +95,30 @@ def integrate(rhs: Callable[[float, torch.Tensor], torch.Tensor], y0: torch.Tens
     outputs = [y0]
     out_index = [0]
     fsal = tableau.fsal
+    stages = [] if keep_stages else None
+    solution_stages = tableau.solution_stages
 
-    def accept(t_next: float, y_next: torch.Tensor) -> None:
+    def accept(t_next: float, y_next: torch.Tensor, Ys) -> None:
         stats.num_accepted += 1
         ts.append(t_next)
         if keep_states:
             ys.append(y_next)
+        if keep_stages:
+            stages.append([Ys[i] if i in solution_stages else None for i in range(len(Ys))])
 
     if isinstance(steps, FixedSteps):
         points, idx = steps.plan(t_out)
         k1 = f0
         for t_next in points[1:]:
-            y, _, ks, _ = rk_step(rhs, tableau, t, t_next, y, k1, with_error=False)
+            y, _, ks, Ys = rk_step(rhs, tableau, t, t_next, y, k1, with_error=False)
             k1 = ks[-1] if fsal else None
             t = t_next
-            accept(t, y)
+            accept(t, y, Ys)
             if len(ts) - 1 == idx[len(outputs)]:
                 _check_finite(y, t, stats)
                 outputs.append(y)
                 out_index.append(len(ts) - 1)
-        return Trajectory(ts, out_index, outputs, ys, stats)
+        return Trajectory(ts, out_index, outputs, ys, stats, stages)
 
     # adaptive steps ---------------------------------------------------------------------
     if not tableau.adaptive:
@@ -147,7 +155,7 @@ def integrate(rhs: Callable[[float, torch.Tensor], torch.Tensor], y0: torch.Tens
             clipped = direction * (target - t_next) <= 0.01 * h
             if clipped:
                 t_next = target
-            y_next, err, ks, _ = rk_step(rhs, tableau, t, t_next, y, k1)
+            y_next, err, ks, Ys = rk_step(rhs, tableau, t, t_next, y, k1)
             with torch.no_grad():
                 scale = atol + rtol * torch.maximum(y.detach().abs(), y_next.detach().abs())
                 ratio = float(norm(err.detach() / scale))
@@ -158,7 +166,7 @@ def integrate(rhs: Callable[[float, torch.Tensor], torch.Tensor], y0: torch.Tens
             if accepted:
                 t, y = t_next, y_next
                 k1 = ks[-1] if fsal else None
-                accept(t, y)
+                accept(t, y, Ys)
                 prev_ratio = max(ratio, 1e-4)
                 after_reject = False
                 if clipped:  # a step shortened to meet an output time says little of the next
@@ -170,4 +178,4 @@ def integrate(rhs: Callable[[float, torch.Tensor], torch.Tensor], y0: torch.Tens
         _check_finite(y, t, stats)
         outputs.append(y)
         out_index.append(len(ts) - 1)
-    return Trajectory(ts, out_index, outputs, ys, stats)
+    return Trajectory(ts, out_index, outputs, ys, stats, stages)

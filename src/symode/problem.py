@@ -55,11 +55,11 @@ class Problem:
         return rhs
 
     def integrate(self, y0: torch.Tensor | None = None, *, keep_states: bool = False,
-                  f0: torch.Tensor | None = None) -> Trajectory:
+                  keep_stages: bool = False, f0: torch.Tensor | None = None) -> Trajectory:
         """Run the time loop from ``y0`` (default: the problem's), counting forward calls."""
         return integrate(self.rhs(), self.y0 if y0 is None else y0, self.t_out, self.tableau, self.steps,
                          rtol=self.rtol, atol=self.atol, norm=self.norm, keep_states=keep_states,
-                         stats=self.stats, f0=f0)
+                         keep_stages=keep_stages, stats=self.stats, f0=f0)
 
     @property
     def requires_grad(self) -> bool:

@@ -2,13 +2,14 @@
 
 from .backprop import Backprop
 from .base import GradientMethod
+from .checkpoint import Checkpoint, OneCheckpoint
 from .symplectic import SymplecticAdjoint
 
-__all__ = ["GradientMethod", "Backprop", "SymplecticAdjoint", "GRADIENT_METHODS", "get_gradient_method"]
+__all__ = ["GradientMethod", "Backprop", "Checkpoint", "OneCheckpoint", "SymplecticAdjoint", "GRADIENT_METHODS", "get_gradient_method"]
 
 #: every gradient method of the package, by its shorthand name
 GRADIENT_METHODS: dict[str, type[GradientMethod]] = {
-    cls.name: cls for cls in (Backprop, SymplecticAdjoint)
+    cls.name: cls for cls in (Backprop, Checkpoint, OneCheckpoint, SymplecticAdjoint)
 }
 _ALIASES = {"symplectic": "symplectic_adjoint", "backprop_through_solver": "backprop"}
 

@@ -30,6 +30,12 @@ class GradientMethod(abc.ABC):
     def solve(self, problem: Problem) -> tuple[torch.Tensor, Trajectory]:
         ...
 
+    @classmethod
+    def configurations(cls) -> list["GradientMethod"]:
+        """One instance per distinct way of working (options that change the algorithm), so
+        that tests and benchmarks discover every variant."""
+        return [cls()]
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
 

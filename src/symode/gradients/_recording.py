@@ -1,0 +1,163 @@
+"""Shared machinery of the gradient methods that integrate without a graph and
+differentiate in a backward pass of their own (checkpointing, symplectic adjoint, ...).
+
+A ``RecordingMethod`` says what its forward pass keeps (``record``) and how its backward
+pass turns the cotangents of the outputs into those of ``y0`` and the parameters
+(``backward``). A ``StepwiseMethod`` goes further: its backward pass pulls the cotangent back
+one accepted step at a time, from the last, and it only says how to get each step's start
+state (``states``) and how to pull back through one step (``step_back``).
+"""
+
+from __future__ import annotations
+
+import abc
+import warnings
+from typing import Callable, Iterator
+
+import torch
+
+from ..integrate import Trajectory
+from ..problem import Problem
+from .base import GradientMethod
+
+__all__ = ["RecordingMethod", "StepwiseMethod"]
+
+
+class RecordingMethod(GradientMethod):
+    """Forward without an autograd graph; a custom backward pass."""
+
+    def solve(self, problem: Problem) -> tuple[torch.Tensor, Trajectory]:
+        if not problem.requires_grad:
+            with torch.no_grad():
+                trajectory = problem.integrate()
+            return torch.stack(trajectory.outputs), trajectory
+        f0 = first_evaluation_checked(problem, type(self).__name__)
+        holder = {}
+        ys = _RecordedSolve.apply(self, problem, f0, holder, problem.y0, *problem.params)
+        return ys, holder["trajectory"]
+
+    @abc.abstractmethod
+    def record(self, problem: Problem, y0: torch.Tensor, f0: torch.Tensor) -> Trajectory:
+        """The forward solve (run under ``torch.no_grad()``), keeping what the backward needs."""
+
+    @abc.abstractmethod
+    def backward(self, problem: Problem, trajectory: Trajectory, grad_ys: torch.Tensor,
+                 params: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """From the cotangents of the stacked outputs to those of ``y0`` and of ``params``
+        (the parameters that require grad)."""
+
+
+class StepwiseMethod(RecordingMethod):
+    """A backward pass that pulls the cotangent back through one accepted step at a time."""
+
+    @abc.abstractmethod
+    def states(self, problem: Problem, trajectory: Trajectory) -> Iterator[tuple[int, torch.Tensor]]:
+        """Yield ``(n, y_n)`` for ``n = N-1, ..., 0``: the start state of each step, last step first."""
+
+    @abc.abstractmethod
+    def step_back(self, problem: Problem, trajectory: Trajectory, n: int, y: torch.Tensor, lam: torch.Tensor,
+                  params: tuple[torch.Tensor, ...], param_grads: list[torch.Tensor]) -> torch.Tensor:
+        """The cotangent of ``y_n`` from that of ``y_{n+1}`` (``lam``), adding the step's
+        parameter cotangents to ``param_grads`` in place."""
+
+    def backward(self, problem, trajectory, grad_ys, params):
+        param_grads = [torch.zeros_like(p) for p in params]
+        out_index = trajectory.out_index
+        k = len(out_index) - 1  # the next output to meet, going backward
+        lam = torch.zeros_like(grad_ys[0])
+
+        def add_outputs(n: int, lam: torch.Tensor) -> torch.Tensor:
+            nonlocal k
+            while k >= 0 and out_index[k] == n:  # an output time: add its cotangent
+                lam = lam + grad_ys[k]
+                k -= 1
+            return lam
+
+        for n, y in self.states(problem, trajectory):
+            lam = add_outputs(n + 1, lam)
+            lam = self.step_back(problem, trajectory, n, y, lam, params, param_grads)
+            del y  # not alive while the next state is recomputed
+        return add_outputs(0, lam), param_grads
+
+
+class _RecordedSolve(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, method: RecordingMethod, problem: Problem, f0: torch.Tensor, holder: dict,
+                y0: torch.Tensor, *params):
+        trajectory = method.record(problem, y0.detach(), f0)
+        holder["trajectory"] = trajectory
+        ctx.method, ctx.problem, ctx.trajectory = method, problem, trajectory
+        return torch.stack(trajectory.outputs)
+
+    @staticmethod
+    def backward(ctx, grad_ys: torch.Tensor):
+        params = ctx.problem.params
+        wanted = [p.requires_grad for p in params]
+        grad_y0, param_grads = ctx.method.backward(
+            ctx.problem, ctx.trajectory, grad_ys, tuple(p for p, w in zip(params, wanted) if w))
+        grads = iter(param_grads)
+        return (None, None, None, None, grad_y0, *[next(grads) if w else None for w in wanted])
+
+
+def first_evaluation_checked(problem: Problem, method_name: str) -> torch.Tensor:
+    """Evaluate ``f(t0, y0)`` once with a graph, to find tensors that ``f`` uses and that
+    require grad but are not among the parameters: a custom backward pass could give them no
+    gradient, so that would be a silent error. Returns the evaluation, detached, for reuse."""
+    t0 = problem.time(problem.t_out[0])
+    y = problem.y0.detach().requires_grad_(True)  # f sees a state that requires grad, as in a backward pass
+    with torch.enable_grad():
+        problem.stats.nfe_forward += 1
+        f0 = problem.func(t0, y)
+        known = {id(p) for p in problem.params} | {id(t0), id(y)}
+        foreign = [v for v in _graph_leaves(f0) if id(v) not in known]
+    if foreign:
+        shapes = ", ".join(str(tuple(v.shape)) for v in foreign)
+        message = (f"func uses {len(foreign)} tensor(s) that require grad but are not among the "
+                   f"parameters given to {method_name} (shapes {shapes}); they would get no gradient.")
+        if problem.params_explicit:
+            warnings.warn(message + " Add them to adjoint_params if their gradient is wanted.", stacklevel=5)
+        else:
+            raise ValueError(message + " Pass every such tensor in adjoint_params=(...), or make func an "
+                             "nn.Module that holds them as parameters.")
+    return f0.detach()
+
+
+def _graph_leaves(output: torch.Tensor) -> list[torch.Tensor]:
+    """The leaf tensors (requiring grad) that ``output``'s autograd graph reaches."""
+    if output.grad_fn is None:
+        return [output] if output.requires_grad else []
+    leaves, seen, stack = {}, set(), [output.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        variable = getattr(node, "variable", None)
+        if variable is not None:
+            leaves[id(variable)] = variable
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return list(leaves.values())
+
+
+def vjp(problem: Problem, t: float, y: torch.Tensor, cotangent: torch.Tensor,
+        params: tuple[torch.Tensor, ...], param_grads: list[torch.Tensor],
+        step: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor | None:
+    """``cotangent^T d(out)/dy``, adding ``cotangent^T d(out)/dθ`` to ``param_grads``, where
+    ``out = f(t, y)`` (one evaluation, counted) or ``out = step(y)`` if given. Returns ``None``
+    if ``out`` does not depend on ``y``. A function of its own so that the graph and the
+    gradients in flight die on return."""
+    with torch.enable_grad():
+        y = y.detach().requires_grad_(True)
+        if step is None:
+            problem.stats.nfe_backward += 1
+            problem.stats.nfe_backward_vjp += 1
+            out = problem.func(problem.time(t), y)
+        else:
+            out = step(y)
+        if not out.requires_grad:
+            return None  # depends neither on the state nor on any parameter
+        grads = torch.autograd.grad(out, (y, *params), cotangent, allow_unused=True)
+    for acc, g in zip(param_grads, grads[1:]):
+        if g is not None:
+            acc.add_(g)
+    return grads[0]
