@@ -55,8 +55,10 @@ def steps_for(method, kind, dtype=torch.float64):
 
 
 def gradients(func, y0, t, method, steps, gradient, weights):
-    """The gradient of a loss on all outputs w.r.t. y0 (a tuple's components) and func's parameters."""
+    """The gradient of a loss on all outputs w.r.t. y0 (a tuple's components), t (if it
+    requires grad) and func's parameters."""
     leaves = [y for y in ([y0] if isinstance(y0, torch.Tensor) else y0) if y.requires_grad]
+    leaves += [t] if t.requires_grad else []
     sol = symode.solve(func, y0, t, method=method, steps=steps, gradient=gradient)
     ys = [sol.ys] if isinstance(sol.ys, torch.Tensor) else list(sol.ys)
     loss = sum((w * (y ** 2)).sum() for w, y in zip(weights, ys))
@@ -92,7 +94,7 @@ def test_exact_gradients_float64(method, kind, gradient):
         pytest.skip("fixed-step method")
     func = Field()
     y0 = torch.randn(2, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1), requires_grad=True)
-    t = torch.tensor([0.0, 0.3, 0.5, 1.1], dtype=torch.float64)
+    t = torch.tensor([0.0, 0.3, 0.5, 1.1], dtype=torch.float64, requires_grad=True)
     check_against_backprop(func, y0, t, method, steps_for(method, kind), gradient, 1e-12)
 
 
@@ -104,7 +106,7 @@ def test_exact_gradients_decreasing_time_and_tuple_state(method, gradient):
     gen = torch.Generator().manual_seed(2)
     x0 = torch.randn(2, 2, dtype=torch.float64, generator=gen, requires_grad=True)
     v0 = torch.randn(2, dtype=torch.float64, generator=gen, requires_grad=True)
-    t = torch.tensor([1.0, 0.7, 0.0, -0.4], dtype=torch.float64)
+    t = torch.tensor([1.0, 0.7, 0.0, -0.4], dtype=torch.float64, requires_grad=True)
     check_against_backprop(func, (x0, v0), t, method, steps_for(method, kind), gradient, 1e-12)
 
 
@@ -307,3 +309,47 @@ def test_gradient_method_arguments_are_validated():
         symode.SymplecticAdjoint(store_stages=True, max_checkpoints=3)
     with pytest.raises(TypeError, match="store_stages"):
         symode.SymplecticAdjoint(store_stages="yes")
+
+
+@pytest.mark.parametrize("method", ["euler", "rk4", "dopri5"])
+def test_time_gradient_of_backprop_against_finite_differences(method):
+    """With step_size, the grid moves with the output times (t_k + i h), so central finite
+    differences in t are the derivative of the discrete solve: an independent truth for the
+    gradient in t (t[0] included) and its zero-valued carriers."""
+    func = Field()
+    y0 = torch.randn(2, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    weights = torch.rand(4, 2, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    steps = symode.FixedSteps(step_size=0.1)
+
+    def loss(t):
+        ys = symode.solve(func, y0, t, method=method, steps=steps).ys
+        return (weights * ys ** 2).sum()
+
+    t = torch.tensor([0.05, 0.43, 0.61, 1.27], dtype=torch.float64, requires_grad=True)
+    grad = torch.autograd.grad(loss(t), t)[0]
+    eps = 1e-6
+    with torch.no_grad():
+        fd = torch.stack([(loss(t + eps * e) - loss(t - eps * e)) / (2 * eps) for e in torch.eye(4, dtype=t.dtype)])
+    assert torch.allclose(grad, fd, rtol=1e-7, atol=1e-9), (grad, fd)
+    assert grad.abs().min() > 1e-3  # every output time matters
+
+
+@pytest.mark.parametrize("gradient", [symode.Backprop()] + EXACT, ids=repr)
+def test_time_carriers_do_not_change_the_solution(gradient):
+    func = Field()
+    y0 = torch.randn(2, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1), requires_grad=True)
+    t = torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64)
+    plain = symode.solve(func, y0, t, gradient=gradient)
+    timed = symode.solve(func, y0, t.clone().requires_grad_(True), gradient=gradient)
+    assert torch.equal(plain.ys, timed.ys) and torch.equal(plain.grid, timed.grid)
+
+
+def test_gradcheck_in_time():
+    func = Field(dim=2, hidden=4)
+    y0 = torch.randn(2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    for gradient in [symode.Backprop()] + EXACT:
+        def run(t):
+            return symode.solve(func, y0, t, method="rk4", steps=symode.FixedSteps(step_size=0.2),
+                                gradient=gradient).ys
+        t = torch.tensor([0.0, 0.35, 0.9], dtype=torch.float64, requires_grad=True)
+        assert torch.autograd.gradcheck(run, (t,), eps=1e-6, atol=1e-7, rtol=1e-6), gradient

@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 import torch
 
 from .runge_kutta import rk_step
-from .step_size import AdaptiveSteps, FixedSteps, initial_step
+from .step_size import AdaptiveSteps, FixedSteps, RecordedSteps, initial_step
 from .tableau import ButcherTableau
 
 __all__ = ["Stats", "Trajectory", "SolveError", "integrate"]
@@ -58,7 +58,10 @@ class Trajectory:
     """The accepted grid ``ts`` (Python floats, ``ts[0] = t0``), the state at each grid point
     (``ys``, only when asked for), the grid index of each output time and the outputs; with
     ``keep_stages``, ``stages[n][i]`` is the state of stage ``i`` of step ``n`` for the stages
-    that influence the solution (``None`` for the others)."""
+    that influence the solution (``None`` for the others). ``anchors[n]``: the index of the
+    output time that grid point ``n`` moves with when the output times move (the steps being
+    held fixed: a point inside an output interval moves with the interval's start, the end of
+    a step clipped to an output time with that time), ``None`` for a fixed user grid point."""
 
     ts: list[float]
     out_index: list[int]
@@ -66,6 +69,7 @@ class Trajectory:
     ys: list[torch.Tensor] | None = None
     stats: Stats = field(default_factory=Stats)
     stages: list[list[torch.Tensor | None]] | None = None
+    anchors: list[int | None] = field(default_factory=list)
 
 
 def _check_finite(y: torch.Tensor, t: float, stats: Stats) -> None:
@@ -77,14 +81,17 @@ def _check_finite(y: torch.Tensor, t: float, stats: Stats) -> None:
 
 
 def integrate(rhs: Callable[[float, torch.Tensor], torch.Tensor], y0: torch.Tensor,
-              t_out: Sequence[float], tableau: ButcherTableau, steps: FixedSteps | AdaptiveSteps,
+              t_out: Sequence[float], tableau: ButcherTableau, steps: FixedSteps | AdaptiveSteps | RecordedSteps,
               *, rtol=None, atol=None, norm=None, keep_states: bool = False, keep_stages: bool = False,
-              stats: Stats | None = None, f0: torch.Tensor | None = None) -> Trajectory:
+              stats: Stats | None = None, f0: torch.Tensor | None = None,
+              time_carriers: Sequence[torch.Tensor] | None = None) -> Trajectory:
     """Solve from ``y0`` at ``t_out[0]`` through the output times ``t_out``.
 
     ``rhs(t, y)`` takes a float time; ``rtol``/``atol`` (floats or tensors shaped like
     ``y0``) and ``norm`` are needed for adaptive steps. ``keep_states``/``keep_stages``
-    record the state/the stage states at every accepted step. ``f0 = rhs(t_out[0], y0)`` may be
+    record the state/the stage states at every accepted step. ``time_carriers[k]``: a
+    zero-valued tensor carrying the gradient of ``t_out[k]`` into the graph (see
+    ``symode.runge_kutta``), for backpropagation with respect to the output times. ``f0 = rhs(t_out[0], y0)`` may be
     passed if already evaluated. Raises ``SolveError`` if the solve cannot succeed.
     """
     stats = Stats() if stats is None else stats
@@ -97,36 +104,48 @@ def integrate(rhs: Callable[[float, torch.Tensor], torch.Tensor], y0: torch.Tens
     fsal = tableau.fsal
     stages = [] if keep_stages else None
     solution_stages = tableau.solution_stages
+    anchors: list[int | None] = [0]
+    carrier_zero = None if time_carriers is None else torch.zeros_like(time_carriers[0])
 
-    def accept(t_next: float, y_next: torch.Tensor, Ys) -> None:
+    def carriers(a: int | None, b: int | None):
+        if time_carriers is None:
+            return None
+        return (carrier_zero if a is None else time_carriers[a], carrier_zero if b is None else time_carriers[b])
+
+    def accept(t_next: float, y_next: torch.Tensor, Ys, anchor: int | None) -> None:
         stats.num_accepted += 1
         ts.append(t_next)
+        anchors.append(anchor)
         if keep_states:
             ys.append(y_next)
         if keep_stages:
             stages.append([Ys[i] if i in solution_stages else None for i in range(len(Ys))])
 
-    if isinstance(steps, FixedSteps):
-        points, idx = steps.plan(t_out)
+    if isinstance(steps, (FixedSteps, RecordedSteps)):
+        points, idx, point_anchors = steps.plan(t_out)
         k1 = f0
-        for t_next in points[1:]:
-            y, _, ks, Ys = rk_step(rhs, tableau, t, t_next, y, k1, with_error=False)
+        for n, t_next in enumerate(points[1:]):
+            y, _, ks, Ys = rk_step(rhs, tableau, t, t_next, y, k1, with_error=False,
+                                   dts=carriers(point_anchors[n], point_anchors[n + 1]))
             k1 = ks[-1] if fsal else None
             t = t_next
-            accept(t, y, Ys)
+            accept(t, y, Ys, point_anchors[n + 1])
             if len(ts) - 1 == idx[len(outputs)]:
                 _check_finite(y, t, stats)
                 outputs.append(y)
                 out_index.append(len(ts) - 1)
-        return Trajectory(ts, out_index, outputs, ys, stats, stages)
+        return Trajectory(ts, out_index, outputs, ys, stats, stages, anchors)
 
     # adaptive steps ---------------------------------------------------------------------
     if not tableau.adaptive:
         raise ValueError(f"method {tableau.name!r} has no error estimate: pass a step size instead")
     _check_finite(y0, t, stats)
     direction = 1.0 if t_out[-1] > t_out[0] else -1.0
-    k = tableau.error_order + 1
-    k1 = rhs(t, y0) if f0 is None else f0
+    exponent = tableau.error_order + 1
+    if f0 is not None:
+        k1 = f0
+    else:
+        k1 = rhs(t, y0) if time_carriers is None else rhs(t, y0, time_carriers[0])
     with torch.no_grad():
         if steps.first_step is not None:
             h = steps.first_step
@@ -136,7 +155,7 @@ def integrate(rhs: Callable[[float, torch.Tensor], torch.Tensor], y0: torch.Tens
     prev_ratio = 1.0
     after_reject = False
     ratio = float("nan")
-    for target in t_out[1:]:
+    for k, target in enumerate(t_out[1:]):
         while t != target:
             if stats.num_steps >= steps.max_num_steps:
                 raise SolveError(
@@ -155,18 +174,19 @@ def integrate(rhs: Callable[[float, torch.Tensor], torch.Tensor], y0: torch.Tens
             clipped = direction * (target - t_next) <= 0.01 * h
             if clipped:
                 t_next = target
-            y_next, err, ks, Ys = rk_step(rhs, tableau, t, t_next, y, k1)
+            y_next, err, ks, Ys = rk_step(rhs, tableau, t, t_next, y, k1,
+                                          dts=carriers(anchors[-1], k + 1 if clipped else k))
             with torch.no_grad():
                 scale = atol + rtol * torch.maximum(y.detach().abs(), y_next.detach().abs())
                 ratio = float(norm(err.detach() / scale))
             h_proposed, h_taken = h, abs(t_next - t)
             accepted = ratio <= 1.0
-            factor = steps.factor(ratio, prev_ratio, k, accepted, after_reject)
+            factor = steps.factor(ratio, prev_ratio, exponent, accepted, after_reject)
             h = h_taken * factor
             if accepted:
                 t, y = t_next, y_next
                 k1 = ks[-1] if fsal else None
-                accept(t, y, Ys)
+                accept(t, y, Ys, k + 1 if clipped else k)
                 prev_ratio = max(ratio, 1e-4)
                 after_reject = False
                 if clipped:  # a step shortened to meet an output time says little of the next
@@ -178,4 +198,4 @@ def integrate(rhs: Callable[[float, torch.Tensor], torch.Tensor], y0: torch.Tens
         _check_finite(y, t, stats)
         outputs.append(y)
         out_index.append(len(ts) - 1)
-    return Trajectory(ts, out_index, outputs, ys, stats, stages)
+    return Trajectory(ts, out_index, outputs, ys, stats, stages, anchors)

@@ -40,28 +40,43 @@ class Problem:
     params: tuple[torch.Tensor, ...] = ()
     params_explicit: bool = False
     stats: Stats = field(default_factory=Stats)
+    t: torch.Tensor | None = None  # the output times as the user gave them (for their gradient)
 
     def time(self, t: float) -> torch.Tensor:
         """The time tensor handed to ``func``: 0-dim, of the state's dtype and device."""
         return torch.tensor(t, dtype=self.y0.dtype, device=self.y0.device)
 
-    def rhs(self, counter: str = "nfe_forward") -> Callable[[float, torch.Tensor], torch.Tensor]:
-        """``rhs(t_float, y)``, counting each call in ``stats.<counter>``."""
+    def rhs(self, counter: str = "nfe_forward") -> Callable[..., torch.Tensor]:
+        """``rhs(t_float, y, dt=None)``, counting each call in ``stats.<counter>``; ``dt``
+        is a zero-valued tensor added to the time to carry its gradient."""
         func, time, stats = self.func, self.time, self.stats
 
-        def rhs(t: float, y: torch.Tensor) -> torch.Tensor:
+        def rhs(t: float, y: torch.Tensor, dt: torch.Tensor | None = None) -> torch.Tensor:
             setattr(stats, counter, getattr(stats, counter) + 1)
-            return func(time(t), y)
+            return func(time(t) if dt is None else time(t) + dt, y)
         return rhs
 
     def integrate(self, y0: torch.Tensor | None = None, *, keep_states: bool = False,
-                  keep_stages: bool = False, f0: torch.Tensor | None = None) -> Trajectory:
+                  keep_stages: bool = False, f0: torch.Tensor | None = None,
+                  time_carriers=None) -> Trajectory:
         """Run the time loop from ``y0`` (default: the problem's), counting forward calls."""
         return integrate(self.rhs(), self.y0 if y0 is None else y0, self.t_out, self.tableau, self.steps,
                          rtol=self.rtol, atol=self.atol, norm=self.norm, keep_states=keep_states,
-                         keep_stages=keep_stages, stats=self.stats, f0=f0)
+                         keep_stages=keep_stages, stats=self.stats, f0=f0, time_carriers=time_carriers)
+
+    @property
+    def wants_time_grad(self) -> bool:
+        """Whether the gradient with respect to the output times is asked for."""
+        return torch.is_grad_enabled() and self.t is not None and self.t.requires_grad
+
+    def time_carriers(self) -> list[torch.Tensor]:
+        """Per output time, a tensor of value zero whose gradient is that of ``t[k]``
+        (in the state's dtype): see ``symode.runge_kutta``."""
+        zero = self.t - self.t.detach()
+        return list(zero.to(self.y0.dtype).unbind())
 
     @property
     def requires_grad(self) -> bool:
         """Whether a gradient is asked for at all (grad mode on and something requires it)."""
-        return torch.is_grad_enabled() and (self.y0.requires_grad or any(p.requires_grad for p in self.params))
+        return torch.is_grad_enabled() and (self.y0.requires_grad or any(p.requires_grad for p in self.params)
+                                            or (self.t is not None and self.t.requires_grad))

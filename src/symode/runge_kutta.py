@@ -5,7 +5,13 @@ without an autograd graph) and the recomputation in the backward pass of the sym
 adjoint. Using the same arithmetic in every pass is what makes the stored and the recomputed
 stage states bit-identical, and so the gradient methods agree to round-off.
 
-``rhs(t, y)`` takes a Python float time and a tensor state and returns ``dy/dt``.
+``rhs(t, y, dt=None)`` takes a Python float time and a tensor state and returns ``dy/dt``.
+
+Gradients with respect to the step's end times: ``dts = (d_n, d_{n+1})`` are tensors of
+value zero whose gradient is that of ``t_n`` and ``t_{n+1}`` (e.g. ``t[k] - t[k].detach()``).
+Each stage time is then handed to ``rhs`` as ``dt = d_n + c_i (d_{n+1} - d_n)`` and every
+combination ``y + h sum_j w_j k_j`` gets ``+ (sum_j w_j k_j) (d_{n+1} - d_n)``: terms of value
+exactly zero, so the values computed are bit for bit those without ``dts``.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import torch
 
 from .tableau import ButcherTableau
 
-Rhs = Callable[[float, torch.Tensor], torch.Tensor]
+Rhs = Callable[..., torch.Tensor]
 
 __all__ = ["stage_time", "combine", "stage_state", "rk_step"]
 
@@ -34,28 +40,43 @@ def stage_time(tableau: ButcherTableau, i: int, t: float, t_next: float, h: floa
 
 
 def combine(y: torch.Tensor | None, h: float, terms: Sequence[tuple[int, float]],
-            ks: Sequence[torch.Tensor | None]) -> torch.Tensor:
+            ks: Sequence[torch.Tensor | None], dh: torch.Tensor | None = None) -> torch.Tensor:
     """``y + h * sum_j w_j k_j`` over ``terms = ((j, w_j), ...)``, in that order
-    (``y=None``: just the sum)."""
+    (``y=None``: just the sum). ``dh``: a zero-valued tensor carrying the gradient of ``h``."""
     if y is None:
-        (j, w), terms = terms[0], terms[1:]
+        (j, w), rest = terms[0], terms[1:]
         out = ks[j] * (h * w)
     else:
-        out = y
-    for j, w in terms:
+        out, rest = y, terms
+    for j, w in rest:
         out = out.add(ks[j], alpha=h * w)
+    if dh is not None and terms:
+        out = out + combine(None, 1.0, terms, ks) * dh
     return out
 
 
 def stage_state(tableau: ButcherTableau, i: int, y: torch.Tensor, h: float,
-                ks: Sequence[torch.Tensor | None]) -> torch.Tensor:
+                ks: Sequence[torch.Tensor | None], dh: torch.Tensor | None = None) -> torch.Tensor:
     """The state ``Y_i = y + h * sum_{j<i} a_ij k_j`` of stage ``i``."""
-    return combine(y, h, tableau.a_terms[i], ks)
+    return combine(y, h, tableau.a_terms[i], ks, dh)
+
+
+def stage_time_perturbation(tableau: ButcherTableau, i: int, dts) -> torch.Tensor | None:
+    """The zero-valued gradient carrier of stage ``i``'s time (see the module docstring)."""
+    if dts is None:
+        return None
+    d_t, d_next = dts
+    ci = tableau.c[i]
+    if ci == 0.0:
+        return d_t
+    if ci == 1.0:
+        return d_next
+    return d_t + ci * (d_next - d_t)
 
 
 def rk_step(rhs: Rhs, tableau: ButcherTableau, t: float, t_next: float, y: torch.Tensor,
             k1: torch.Tensor | None = None, *, with_error: bool = True,
-            stages: Sequence[int] | None = None):
+            stages: Sequence[int] | None = None, dts=None):
     """Take one step ``t -> t_next`` from ``y``.
 
     Args:
@@ -64,6 +85,7 @@ def rk_step(rhs: Rhs, tableau: ButcherTableau, t: float, t_next: float, y: torch
         with_error: also return the error estimate ``h * sum_i b_err_i k_i``.
         stages: evaluate only these stages (ascending). Defaults to every stage when an
             error estimate is wanted, else to ``tableau.solution_stages``.
+        dts: zero-valued carriers of the gradients of ``t`` and ``t_next`` (module docstring).
 
     Returns ``(y_next, error_or_None, ks, Ys)``: ``ks[i]``/``Ys[i]`` are the stage
     derivatives/states, ``None`` for stages not evaluated. For an FSAL tableau the last
@@ -73,19 +95,22 @@ def rk_step(rhs: Rhs, tableau: ButcherTableau, t: float, t_next: float, y: torch
     s = tableau.num_stages
     if stages is None:
         stages = range(s) if (with_error or tableau.fsal) else tableau.solution_stages
+    dh = None if dts is None else dts[1] - dts[0]
     ks: list[torch.Tensor | None] = [None] * s
     Ys: list[torch.Tensor | None] = [None] * s
     for i in stages:
-        Yi = y if i == 0 else stage_state(tableau, i, y, h, ks)
+        Yi = y if i == 0 else stage_state(tableau, i, y, h, ks, dh)
         Ys[i] = Yi
         if i == 0 and k1 is not None:
             ks[0] = k1
-        else:
+        elif dts is None:
             ks[i] = rhs(stage_time(tableau, i, t, t_next, h), Yi)
+        else:
+            ks[i] = rhs(stage_time(tableau, i, t, t_next, h), Yi, stage_time_perturbation(tableau, i, dts))
     if tableau.fsal and Ys[-1] is not None:
         y_next = Ys[-1]
     else:
-        y_next = combine(y, h, tableau.b_terms, ks)
+        y_next = combine(y, h, tableau.b_terms, ks, dh)
     error = None
     if with_error:
         if tableau.b_err is None:

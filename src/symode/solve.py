@@ -95,8 +95,12 @@ def solve(func: Callable, y0, t, *, method: str | ButcherTableau = "dopri5",
             f"method {tableau.name!r} has no error estimate, so it cannot choose its steps: give a step "
             f"size (options={{'step_size': h}}) or choose an adaptive method such as 'dopri5'")
     params, explicit = _parameters(func, adjoint_params)
+    if ts.requires_grad and not grad_method.time_gradient:
+        warnings.warn(f"t requires grad, but {grad_method!r} does not differentiate with respect to the "
+                      f"output times: t gets no gradient", stacklevel=2)
     problem = Problem(func=state.wrap(func), y0=state.flat_y0, t_out=t_out, tableau=tableau, steps=steps,
-                      params=params, params_explicit=explicit)
+                      params=params, params_explicit=explicit,
+                      t=ts if ts.requires_grad and ts.is_floating_point() and grad_method.time_gradient else None)
     if isinstance(steps, AdaptiveSteps):
         problem.rtol = state.tolerance(steps.rtol, "rtol")
         problem.atol = state.tolerance(steps.atol, "atol")
@@ -117,9 +121,6 @@ def _output_times(t) -> tuple[torch.Tensor, list[float]]:
         raise ValueError(f"t must be a 1-D tensor with at least one time, got shape {tuple(t.shape)}")
     if t.is_complex() or t.dtype == torch.bool:
         raise TypeError(f"t must hold real times, got dtype {t.dtype}")
-    if t.requires_grad:
-        warnings.warn("t requires grad, but symode does not differentiate with respect to the output "
-                      "times yet: t gets no gradient", stacklevel=3)
     t_out = t.detach().to("cpu", torch.float64).tolist()
     if not all(math.isfinite(v) for v in t_out):
         raise ValueError(f"t must be finite, got {t_out}")

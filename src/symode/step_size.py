@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 
 import torch
 
-__all__ = ["FixedSteps", "AdaptiveSteps", "rms_norm", "mixed_rms_norm"]
+__all__ = ["FixedSteps", "AdaptiveSteps", "RecordedSteps", "rms_norm", "mixed_rms_norm"]
 
 Norm = Callable[[torch.Tensor], torch.Tensor]
 
@@ -93,20 +93,25 @@ class FixedSteps:
                 raise ValueError("grid must be strictly increasing or strictly decreasing")
             object.__setattr__(self, "grid", grid)
 
-    def plan(self, t_out: Sequence[float]) -> tuple[list[float], list[int]]:
-        """The step endpoints (``t_out[0]`` first) and the grid index of each output time."""
+    def plan(self, t_out: Sequence[float]) -> tuple[list[float], list[int], list[int | None]]:
+        """The step endpoints (``t_out[0]`` first), the grid index of each output time and,
+        per endpoint, the index of the output time it moves with (``None``: a fixed point
+        of a user grid). With ``step_size`` a point ``t_k + i h`` moves with ``t_k``."""
         if self.step_size is not None:
             h = self.step_size
             points = [t_out[0]]
             out_idx = [0]
-            for a, b in zip(t_out, t_out[1:]):
+            anchors: list[int | None] = [0]
+            for k, (a, b) in enumerate(zip(t_out, t_out[1:])):
                 q = abs(b - a) / h
                 n = max(1, math.ceil(q - 1e-9))
                 d = 1.0 if b > a else -1.0
                 points.extend(a + d * i * h for i in range(1, n))
+                anchors.extend([k] * (n - 1))
                 points.append(b)
+                anchors.append(k + 1)
                 out_idx.append(len(points) - 1)
-            return points, out_idx
+            return points, out_idx, anchors
         grid = self.grid
         if grid[0] != t_out[0] or grid[-1] != t_out[-1]:
             raise ValueError(
@@ -117,7 +122,21 @@ class FixedSteps:
         sign = 1.0 if t_out[-1] > t_out[0] else -1.0
         points = sorted(set(grid) | set(t_out), key=lambda v: sign * v)
         index = {p: i for i, p in enumerate(points)}
-        return points, [index[t] for t in t_out]
+        outputs = {t: k for k, t in enumerate(t_out)}
+        return points, [index[t] for t in t_out], [outputs.get(p) for p in points]
+
+
+@dataclass(frozen=True)
+class RecordedSteps:
+    """Replay the accepted steps of an earlier solve (its ``Trajectory``): the grid, the
+    output indices and the anchors of the grid points (what moves with the output times)."""
+
+    ts: tuple[float, ...]
+    out_index: tuple[int, ...]
+    anchors: tuple[int | None, ...]
+
+    def plan(self, t_out: Sequence[float]) -> tuple[list[float], list[int], list[int | None]]:
+        return list(self.ts), list(self.out_index), list(self.anchors)
 
 
 # --------------------------------------------------------------------------------------

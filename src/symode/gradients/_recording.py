@@ -33,7 +33,8 @@ class RecordingMethod(GradientMethod):
             return torch.stack(trajectory.outputs), trajectory
         f0 = first_evaluation_checked(problem, type(self).__name__)
         holder = {}
-        ys = _RecordedSolve.apply(self, problem, f0, holder, problem.y0, *problem.params)
+        t = problem.t if problem.t is not None else torch.empty(0)
+        ys = _RecordedSolve.apply(self, problem, f0, holder, problem.y0, t, *problem.params)
         return ys, holder["trajectory"]
 
     @abc.abstractmethod
@@ -42,8 +43,10 @@ class RecordingMethod(GradientMethod):
 
     @abc.abstractmethod
     def backward(self, problem: Problem, trajectory: Trajectory, grad_ys: torch.Tensor,
-                 params: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """From the cotangents of the stacked outputs to those of ``y0`` and of ``params``
+                 params: tuple[torch.Tensor, ...], with_time: bool
+                 ) -> tuple[torch.Tensor, list[torch.Tensor] | None, list[torch.Tensor]]:
+        """From the cotangents of the stacked outputs to those of ``y0``, of the output times
+        (a 0-dim tensor per output time, when ``with_time``; else ``None``) and of ``params``
         (the parameters that require grad)."""
 
 
@@ -56,12 +59,16 @@ class StepwiseMethod(RecordingMethod):
 
     @abc.abstractmethod
     def step_back(self, problem: Problem, trajectory: Trajectory, n: int, y: torch.Tensor, lam: torch.Tensor,
-                  params: tuple[torch.Tensor, ...], param_grads: list[torch.Tensor]) -> torch.Tensor:
+                  params: tuple[torch.Tensor, ...], param_grads: list[torch.Tensor],
+                  time_grads: list[torch.Tensor] | None) -> torch.Tensor:
         """The cotangent of ``y_n`` from that of ``y_{n+1}`` (``lam``), adding the step's
-        parameter cotangents to ``param_grads`` in place."""
+        parameter cotangents to ``param_grads`` in place and, if ``time_grads`` is given, the
+        cotangents of the step's end times to ``time_grads[n]`` and ``time_grads[n + 1]``."""
 
-    def backward(self, problem, trajectory, grad_ys, params):
+    def backward(self, problem, trajectory, grad_ys, params, with_time):
         param_grads = [torch.zeros_like(p) for p in params]
+        zero = grad_ys.new_zeros(())
+        time_grads = [zero] * len(trajectory.ts) if with_time else None
         out_index = trajectory.out_index
         k = len(out_index) - 1  # the next output to meet, going backward
         lam = torch.zeros_like(grad_ys[0])
@@ -75,15 +82,27 @@ class StepwiseMethod(RecordingMethod):
 
         for n, y in self.states(problem, trajectory):
             lam = add_outputs(n + 1, lam)
-            lam = self.step_back(problem, trajectory, n, y, lam, params, param_grads)
+            lam = self.step_back(problem, trajectory, n, y, lam, params, param_grads, time_grads)
             del y  # not alive while the next state is recomputed
-        return add_outputs(0, lam), param_grads
+        return add_outputs(0, lam), output_time_grads(trajectory, time_grads), param_grads
+
+
+def output_time_grads(trajectory: Trajectory, time_grads: list[torch.Tensor] | None) -> list[torch.Tensor] | None:
+    """Cotangents of the output times from those of the grid points, each grid point moving
+    with the output time it is anchored to (``Trajectory.anchors``)."""
+    if time_grads is None:
+        return None
+    out = [time_grads[0].new_zeros(()) for _ in trajectory.out_index]
+    for anchor, g in zip(trajectory.anchors, time_grads):
+        if anchor is not None:
+            out[anchor] = out[anchor] + g
+    return out
 
 
 class _RecordedSolve(torch.autograd.Function):
     @staticmethod
     def forward(ctx, method: RecordingMethod, problem: Problem, f0: torch.Tensor, holder: dict,
-                y0: torch.Tensor, *params):
+                y0: torch.Tensor, t: torch.Tensor, *params):
         trajectory = method.record(problem, y0.detach(), f0)
         holder["trajectory"] = trajectory
         ctx.method, ctx.problem, ctx.trajectory = method, problem, trajectory
@@ -91,12 +110,15 @@ class _RecordedSolve(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_ys: torch.Tensor):
-        params = ctx.problem.params
+        problem = ctx.problem
+        params = problem.params
         wanted = [p.requires_grad for p in params]
-        grad_y0, param_grads = ctx.method.backward(
-            ctx.problem, ctx.trajectory, grad_ys, tuple(p for p, w in zip(params, wanted) if w))
+        with_time = ctx.needs_input_grad[5]
+        grad_y0, time_grads, param_grads = ctx.method.backward(
+            problem, ctx.trajectory, grad_ys, tuple(p for p, w in zip(params, wanted) if w), with_time)
+        grad_t = torch.stack(time_grads).to(problem.t.dtype) if with_time else None
         grads = iter(param_grads)
-        return (None, None, None, None, grad_y0, *[next(grads) if w else None for w in wanted])
+        return (None, None, None, None, grad_y0, grad_t, *[next(grads) if w else None for w in wanted])
 
 
 def first_evaluation_checked(problem: Problem, method_name: str) -> torch.Tensor:
@@ -139,25 +161,22 @@ def _graph_leaves(output: torch.Tensor) -> list[torch.Tensor]:
     return list(leaves.values())
 
 
-def vjp(problem: Problem, t: float, y: torch.Tensor, cotangent: torch.Tensor,
-        params: tuple[torch.Tensor, ...], param_grads: list[torch.Tensor],
-        step: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor | None:
-    """``cotangent^T d(out)/dy``, adding ``cotangent^T d(out)/dθ`` to ``param_grads``, where
-    ``out = f(t, y)`` (one evaluation, counted) or ``out = step(y)`` if given. Returns ``None``
-    if ``out`` does not depend on ``y``. A function of its own so that the graph and the
-    gradients in flight die on return."""
+def vjp(fn: Callable[..., torch.Tensor], y: torch.Tensor, cotangent: torch.Tensor,
+        params: tuple[torch.Tensor, ...], param_grads: list[torch.Tensor], extra: tuple[torch.Tensor, ...] = (),
+        keep_output: bool = False):
+    """Differentiate ``out = fn(y, *extra)`` once: returns ``(cotangent^T d(out)/dy,
+    [cotangent^T d(out)/de for e in extra], out or None)`` and adds ``cotangent^T d(out)/dθ`` to
+    ``param_grads``. A cotangent is ``None`` where ``out`` does not depend on the input. A
+    function of its own so that the graph and the gradients in flight die on return."""
     with torch.enable_grad():
         y = y.detach().requires_grad_(True)
-        if step is None:
-            problem.stats.nfe_backward += 1
-            problem.stats.nfe_backward_vjp += 1
-            out = problem.func(problem.time(t), y)
-        else:
-            out = step(y)
+        extra = tuple(e.detach().requires_grad_(True) for e in extra)
+        out = fn(y, *extra)
+        kept = out.detach() if keep_output else None
         if not out.requires_grad:
-            return None  # depends neither on the state nor on any parameter
-        grads = torch.autograd.grad(out, (y, *params), cotangent, allow_unused=True)
-    for acc, g in zip(param_grads, grads[1:]):
+            return None, [None] * len(extra), kept  # depends on no input
+        grads = torch.autograd.grad(out, (y, *extra, *params), cotangent, allow_unused=True)
+    for acc, g in zip(param_grads, grads[1 + len(extra):]):
         if g is not None:
             acc.add_(g)
-    return grads[0]
+    return grads[0], list(grads[1:1 + len(extra)]), kept

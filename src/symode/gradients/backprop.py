@@ -17,10 +17,12 @@ class Backprop(GradientMethod):
     logic is not differentiated, so this is the reference of exactness for the other methods.
 
     Memory: every stage's activations of every step; no evaluation of ``f`` in the backward.
+    The output times are differentiated through zero-valued carriers of their gradient
+    (``symode.runge_kutta``), so the values computed are those of a solve without.
     """
 
     name = "backprop"
 
     def solve(self, problem: Problem) -> tuple[torch.Tensor, Trajectory]:
-        trajectory = problem.integrate()
+        trajectory = problem.integrate(time_carriers=problem.time_carriers() if problem.wants_time_grad else None)
         return torch.stack(trajectory.outputs), trajectory

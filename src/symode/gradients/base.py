@@ -25,6 +25,8 @@ class GradientMethod(abc.ABC):
 
     name: str = ""
     exact: bool = True
+    #: whether the method differentiates with respect to the output times ``t``
+    time_gradient: bool = True
 
     @abc.abstractmethod
     def solve(self, problem: Problem) -> tuple[torch.Tensor, Trajectory]:

@@ -20,7 +20,7 @@ import torch
 from ..integrate import Trajectory, integrate
 from ..problem import Problem
 from ..runge_kutta import rk_step
-from ..step_size import FixedSteps
+from ..step_size import RecordedSteps
 from ._recording import RecordingMethod, StepwiseMethod, vjp
 
 __all__ = ["Checkpoint", "OneCheckpoint"]
@@ -41,19 +41,27 @@ class Checkpoint(StepwiseMethod):
     def states(self, problem: Problem, trajectory: Trajectory) -> Iterator[tuple[int, torch.Tensor]]:
         return ((n, trajectory.ys[n]) for n in reversed(range(len(trajectory.ts) - 1)))
 
-    def step_back(self, problem, trajectory, n, y, lam, params, param_grads):
+    def step_back(self, problem, trajectory, n, y, lam, params, param_grads, time_grads):
         t, t_next = trajectory.ts[n], trajectory.ts[n + 1]
         rhs = problem.rhs("nfe_backward")
+        stats = problem.stats
 
-        def step(y: torch.Tensor) -> torch.Tensor:
-            before = problem.stats.nfe_backward
+        def step(y: torch.Tensor, *dts: torch.Tensor) -> torch.Tensor:
+            before = stats.nfe_backward
             y_next = rk_step(rhs, problem.tableau, t, t_next, y, with_error=False,
-                             stages=problem.tableau.solution_stages)[0]
-            problem.stats.nfe_backward_vjp += problem.stats.nfe_backward - before
+                             stages=problem.tableau.solution_stages, dts=dts or None)[0]
+            stats.nfe_backward_vjp += stats.nfe_backward - before
             return y_next
 
-        # y_{n+1} = y_n + ...: it always depends on y_n, so the pullback is never None
-        return vjp(problem, t, y, lam, params, param_grads, step=step)
+        zero = lam.new_zeros(())
+        extra = (zero, zero) if time_grads is not None else ()
+        # y_{n+1} = y_n + ...: it always depends on y_n, so its pullback is never None
+        mu, time_cotangents, _ = vjp(step, y, lam, params, param_grads, extra=extra)
+        if time_grads is not None:
+            for m, g in zip((n, n + 1), time_cotangents):
+                if g is not None:
+                    time_grads[m] = time_grads[m] + g
+        return mu
 
 
 class OneCheckpoint(RecordingMethod):
@@ -65,17 +73,18 @@ class OneCheckpoint(RecordingMethod):
     def record(self, problem: Problem, y0: torch.Tensor, f0: torch.Tensor) -> Trajectory:
         return problem.integrate(y0, f0=f0)
 
-    def backward(self, problem, trajectory, grad_ys, params):
+    def backward(self, problem, trajectory, grad_ys, params, with_time):
         rhs = problem.rhs("nfe_backward")
-        grid = FixedSteps(grid=trajectory.ts) if len(trajectory.ts) > 1 else None
+        grid = RecordedSteps(tuple(trajectory.ts), tuple(trajectory.out_index), tuple(trajectory.anchors))
+        carriers = [grad_ys.new_zeros(()).requires_grad_(True) for _ in problem.t_out] if with_time else []
         with torch.enable_grad():
             y0 = trajectory.outputs[0].detach().requires_grad_(True)
             before = problem.stats.nfe_backward
-            if grid is None:
-                outputs = torch.stack([y0])
-            else:
-                outputs = torch.stack(integrate(rhs, y0, problem.t_out, problem.tableau, grid).outputs)
+            outputs = torch.stack(integrate(rhs, y0, problem.t_out, problem.tableau, grid,
+                                            time_carriers=carriers or None).outputs)
             problem.stats.nfe_backward_vjp += problem.stats.nfe_backward - before
-            grads = torch.autograd.grad(outputs, (y0, *params), grad_ys, allow_unused=True)
-        param_grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads[1:])]
-        return grads[0], param_grads
+            grads = torch.autograd.grad(outputs, (y0, *carriers, *params), grad_ys, allow_unused=True)
+        n = len(carriers)
+        time_grads = [g if g is not None else grad_ys.new_zeros(()) for g in grads[1:1 + n]] if with_time else None
+        param_grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads[1 + n:])]
+        return grads[0], time_grads, param_grads

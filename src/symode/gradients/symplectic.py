@@ -84,9 +84,14 @@ class SymplecticAdjoint(StepwiseMethod):
         return reversed_states(num_steps, self.max_checkpoints, trajectory.outputs[0],
                                lambda i, j, y: _advance(problem, trajectory.ts, i, j, y))
 
-    def step_back(self, problem, trajectory, n, y, lam, params, param_grads):
+    def step_back(self, problem, trajectory, n, y, lam, params, param_grads, time_grads):
         stored = trajectory.stages[n] if self.store_stages else None
-        return _step_adjoint(problem, trajectory.ts[n], trajectory.ts[n + 1], y, lam, params, param_grads, stored)
+        lam, time_cotangents = _step_adjoint(problem, trajectory.ts[n], trajectory.ts[n + 1], y, lam, params,
+                                             param_grads, stored, with_time=time_grads is not None)
+        if time_grads is not None:
+            time_grads[n] = time_grads[n] + time_cotangents[0]
+            time_grads[n + 1] = time_grads[n + 1] + time_cotangents[1]
+        return lam
 
 
 def _advance(problem: Problem, ts: list[float], i: int, j: int, y: torch.Tensor) -> torch.Tensor:
@@ -101,10 +106,15 @@ def _advance(problem: Problem, ts: list[float], i: int, j: int, y: torch.Tensor)
 
 def _step_adjoint(problem: Problem, t: float, t_next: float, y: torch.Tensor, lam: torch.Tensor,
                   params: tuple[torch.Tensor, ...], param_grads: list[torch.Tensor],
-                  stored: list[torch.Tensor | None] | None = None) -> torch.Tensor:
+                  stored: list[torch.Tensor | None] | None = None, with_time: bool = False):
     """Pull the cotangent ``lam`` of ``y_{n+1}`` back through one step to ``y_n``, adding the
     parameter gradients of the step to ``param_grads`` in place. ``stored``: the step's stage
-    states from the forward pass, if kept."""
+    states from the forward pass, if kept.
+
+    Returns ``(lam_n, (ct_n, ct_next))``, the second the cotangents of ``t_n`` and ``t_{n+1}``
+    when ``with_time`` (else ``None``): with ``h = t_{n+1} - t_n``, stage times
+    ``t_n + c_i h`` and ``g_i = kappa_i^T df/dt`` at stage ``i``, ``dL/dh = sum_j kappa_j^T k_j / h
+    + sum_i c_i g_i`` and ``dL/dt_n|_h = sum_i g_i``."""
     tableau = problem.tableau
     h = t_next - t
     stages = tableau.solution_stages
@@ -129,12 +139,27 @@ def _step_adjoint(problem: Problem, t: float, t_next: float, y: torch.Tensor, la
         if tableau.b[i] != 0.0:
             kappa[i] = lam * (h * tableau.b[i])
     lam_out = lam.clone()
+    ct = [lam.new_zeros(()), lam.new_zeros(())] if with_time else None
     for i in reversed(stages):
         cotangent, kappa[i] = kappa[i], None
         Yi, Ys[i] = Ys[i], None
         if cotangent is None:  # structurally zero: nothing flows through this stage
             continue
-        mu = vjp(problem, stage_time(tableau, i, t, t_next, h), Yi, cotangent, params, param_grads)
+        ti = stage_time(tableau, i, t, t_next, h)
+        problem.stats.nfe_backward += 1
+        problem.stats.nfe_backward_vjp += 1
+        if with_time:
+            mu, (g,), k = vjp(lambda Y, T: problem.func(T, Y), Yi, cotangent, params, param_grads,
+                              extra=(problem.time(ti),), keep_output=True)
+            dh = (cotangent * k).sum() / h
+            ct[0] = ct[0] - dh
+            ct[1] = ct[1] + dh
+            if g is not None:
+                ct[0] = ct[0] + (1.0 - tableau.c[i]) * g
+                ct[1] = ct[1] + tableau.c[i] * g
+            del k, g
+        else:
+            mu = vjp(lambda Y: problem.func(problem.time(ti), Y), Yi, cotangent, params, param_grads)[0]
         if mu is None:
             continue
         lam_out.add_(mu)
@@ -144,4 +169,4 @@ def _step_adjoint(problem: Problem, t: float, t_next: float, y: torch.Tensor, la
             else:
                 kappa[j].add_(mu, alpha=h * aij)
         del mu, Yi, cotangent  # free before the next stage's graph is built
-    return lam_out
+    return lam_out, ct
