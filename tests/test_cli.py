@@ -51,7 +51,8 @@ def test_every_gradient_method_is_reported(tiny_report):
 
 def test_gradients_agree_to_round_off_in_float64(tiny_report):
     for r in tiny_report["results"]:
-        assert r["grad_rel_diff"] <= 1e-10, r
+        # exact methods agree to round-off; the continuous adjoint to its backward tolerance
+        assert r["grad_rel_diff"] <= (1e-10 if GRADIENT_METHODS[r["method"]].exact else 1e-4), r
         assert r["grad_rel_diff_concat"] <= r["grad_rel_diff"] + 1e-16
     assert _by_method(tiny_report)["backprop"]["grad_rel_diff"] == 0.0
 

@@ -344,7 +344,7 @@ def test_tuple_func_bad_component(method, options):
 # gradient, adjoint_params
 
 
-@pytest.mark.parametrize("gradient", ["adjoint", "symplectic-adjoin", ""])
+@pytest.mark.parametrize("gradient", ["adjoin", "symplectic-adjoin", ""])
 def test_unknown_gradient(gradient):
     with pytest.raises(ValueError, match=rf"unknown gradient method {gradient!r}"):
         symode.odeint(decay, Y0, T, gradient=gradient)

@@ -353,3 +353,18 @@ def test_gradcheck_in_time():
                                 gradient=gradient).ys
         t = torch.tensor([0.0, 0.35, 0.9], dtype=torch.float64, requires_grad=True)
         assert torch.autograd.gradcheck(run, (t,), eps=1e-6, atol=1e-7, rtol=1e-6), gradient
+
+
+@pytest.mark.parametrize("name,cls", [("odeint_checkpoint", symode.Checkpoint),
+                                      ("odeint_onecheckpoint", symode.OneCheckpoint),
+                                      ("odeint_symplectic_adjoint", symode.SymplecticAdjoint)])
+def test_authors_function_names(name, cls):
+    """The authors' names (torch_symplectic_adjoint) are odeint with the matching gradient object."""
+    func = Field()
+    y0 = torch.ones(2, 3, dtype=torch.float64, requires_grad=True)
+    t = torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64)
+    ys = getattr(symode, name)(func, y0, t, rtol=1e-6, atol=1e-6, method="bosh3")
+    ref = symode.odeint(func, y0, t, rtol=1e-6, atol=1e-6, method="bosh3", gradient=cls())
+    assert torch.equal(ys, ref)
+    assert ys.grad_fn is not None and ref.grad_fn is not None
+    assert type(ys.grad_fn).__name__ == type(ref.grad_fn).__name__

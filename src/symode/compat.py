@@ -14,12 +14,13 @@ from typing import Callable, Mapping, Sequence
 
 import torch
 
-from .gradients import SymplecticAdjoint
+from .gradients import Checkpoint, OneCheckpoint, SymplecticAdjoint
 from .methods import get_tableau
 from .solve import solve
 from .step_size import AdaptiveSteps, FixedSteps
 
-__all__ = ["odeint", "odeint_symplectic_adjoint", "make_steps"]
+__all__ = ["odeint", "odeint_adjoint", "odeint_checkpoint", "odeint_onecheckpoint", "odeint_symplectic_adjoint",
+           "make_steps"]
 
 _FIXED_OPTIONS = ("step_size", "grid")
 _ADAPTIVE_OPTIONS = ("first_step", "max_num_steps", "controller", "safety", "ifactor", "dfactor")
@@ -71,3 +72,41 @@ def odeint_symplectic_adjoint(func: Callable, y0, t, *, rtol=1e-7, atol=1e-9, me
     the authors' ``torch_symplectic_adjoint``)."""
     return odeint(func, y0, t, rtol=rtol, atol=atol, method=method, options=options,
                   gradient=SymplecticAdjoint(), adjoint_params=adjoint_params)
+
+
+def odeint_checkpoint(func: Callable, y0, t, *, rtol=1e-7, atol=1e-9, method="dopri5",
+                      options: Mapping | None = None, adjoint_params: Sequence[torch.Tensor] | None = None):
+    """``odeint`` differentiated by checkpointing every accepted step and backpropagating
+    through one rebuilt step at a time (ACA; the authors' ``odeint_checkpoint``)."""
+    return odeint(func, y0, t, rtol=rtol, atol=atol, method=method, options=options,
+                  gradient=Checkpoint(), adjoint_params=adjoint_params)
+
+
+def odeint_onecheckpoint(func: Callable, y0, t, *, rtol=1e-7, atol=1e-9, method="dopri5",
+                         options: Mapping | None = None, adjoint_params: Sequence[torch.Tensor] | None = None):
+    """``odeint`` differentiated by storing ``y0`` only and backpropagating through a
+    re-run of the whole solve (the authors' ``odeint_onecheckpoint``)."""
+    return odeint(func, y0, t, rtol=rtol, atol=atol, method=method, options=options,
+                  gradient=OneCheckpoint(), adjoint_params=adjoint_params)
+
+
+def odeint_adjoint(func: Callable, y0, t, *, rtol=1e-7, atol=1e-9, method="dopri5",
+                   options: Mapping | None = None, adjoint_rtol=None, adjoint_atol=None,
+                   adjoint_method=None, adjoint_options: Mapping | None = None,
+                   adjoint_params: Sequence[torch.Tensor] | None = None):
+    """``odeint`` differentiated by the continuous adjoint method (torchdiffeq's
+    ``odeint_adjoint``): memory independent of the number of steps, a gradient as accurate as
+    the backward solve. ``adjoint_rtol``/``adjoint_atol``/``adjoint_method``/``adjoint_options``
+    set the backward solve (``None``: as the forward one); ``adjoint_options`` may hold
+    ``"norm": "seminorm"`` to leave the parameter gradients out of its error control."""
+    from .gradients.adjoint import ContinuousAdjoint
+    norm = "default"
+    if adjoint_options is not None:
+        if not isinstance(adjoint_options, Mapping):
+            raise TypeError(f"adjoint_options must be a dict, got {type(adjoint_options).__name__}")
+        adjoint_options = dict(adjoint_options)
+        norm = adjoint_options.pop("norm", "default")
+    gradient = ContinuousAdjoint(rtol=adjoint_rtol, atol=adjoint_atol, method=adjoint_method,
+                                 options=adjoint_options, norm=norm)
+    return odeint(func, y0, t, rtol=rtol, atol=atol, method=method, options=options,
+                  gradient=gradient, adjoint_params=adjoint_params)

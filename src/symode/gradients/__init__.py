@@ -1,17 +1,19 @@
 """Gradient methods: objects that say how a solve is differentiated."""
 
+from .adjoint import ContinuousAdjoint
 from .backprop import Backprop
 from .base import GradientMethod
 from .checkpoint import Checkpoint, OneCheckpoint
 from .symplectic import SymplecticAdjoint
 
-__all__ = ["GradientMethod", "Backprop", "Checkpoint", "OneCheckpoint", "SymplecticAdjoint", "GRADIENT_METHODS", "get_gradient_method"]
+__all__ = ["GradientMethod", "Backprop", "ContinuousAdjoint", "Checkpoint", "OneCheckpoint", "SymplecticAdjoint", "GRADIENT_METHODS", "get_gradient_method"]
 
 #: every gradient method of the package, by its shorthand name
 GRADIENT_METHODS: dict[str, type[GradientMethod]] = {
-    cls.name: cls for cls in (Backprop, Checkpoint, OneCheckpoint, SymplecticAdjoint)
+    cls.name: cls for cls in (Backprop, Checkpoint, OneCheckpoint, SymplecticAdjoint, ContinuousAdjoint)
 }
-_ALIASES = {"symplectic": "symplectic_adjoint", "backprop_through_solver": "backprop"}
+_ALIASES = {"symplectic": "symplectic_adjoint", "backprop_through_solver": "backprop",
+            "continuous_adjoint": "adjoint", "aca": "checkpoint", "onecheckpoint": "one_checkpoint"}
 
 
 def get_gradient_method(gradient) -> GradientMethod:

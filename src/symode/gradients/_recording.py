@@ -15,6 +15,7 @@ import warnings
 from typing import Callable, Iterator
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from ..integrate import Trajectory
 from ..problem import Problem
@@ -109,6 +110,7 @@ class _RecordedSolve(torch.autograd.Function):
         return torch.stack(trajectory.outputs)
 
     @staticmethod
+    @once_differentiable  # the backward passes are not themselves differentiable: say so, loudly
     def backward(ctx, grad_ys: torch.Tensor):
         problem = ctx.problem
         params = problem.params

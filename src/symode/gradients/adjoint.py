@@ -1,0 +1,301 @@
+"""The continuous adjoint method (Chen, Rubanova, Bettencourt & Duvenaud, "Neural Ordinary
+Differential Equations", NeurIPS 2018), as torchdiffeq's ``odeint_adjoint`` does it.
+
+Forward: integrate without an autograd graph, keeping only the outputs ``y(t_0..t_K)``.
+Backward: solve the augmented system ``z = [y, a, g]`` (one flat vector) backward in time,
+from ``t_K`` to ``t_0``, one output interval at a time::
+
+    dy/dt = f(t, y, θ),    da/dt = -aᵀ ∂f/∂y,    dg/dt = -aᵀ ∂f/∂θ
+
+from ``y(t_K)`` (the forward output), ``a(t_K) = ∂L/∂y(t_K)``, ``g(t_K) = 0``. Passing an
+output time ``t_k`` adds ``∂L/∂y(t_k)`` to ``a`` and resets ``y`` to the forward output
+``y(t_k)`` (as torchdiffeq does, so the backward ``y`` does not drift from the forward one).
+At the end ``a(t_0) = dL/dy_0`` and ``g(t_0) = dL/dθ``. Each evaluation of the augmented
+field is one evaluation of ``f`` with a graph plus one vector-Jacobian product.
+
+This is the gradient of the *continuous* problem, computed by a second numerical solve: it
+differs from the exact gradient of the discrete forward solve (what backprop computes) by the
+errors of both solves, and approaches it as the tolerances tighten (``exact = False``).
+Memory: the outputs, the augmented state (``2|y| + |θ|``) times the stages of the backward
+method, and one network use in the autograd graph.
+
+The error norm of the backward solve (``norm=``):
+
+* ``"default"``: torchdiffeq's mixed norm, ``max(‖y‖, ‖a‖, max_p RMS(g_p))``, where ``‖·‖`` is
+  the forward solve's norm on the state (RMS; for tuple states the max of the components'
+  RMS) and ``g_p`` is the gradient integral of parameter tensor ``p``;
+* ``"seminorm"``: ``max(‖y‖, ‖a‖)``, leaving the parameter integrals out of the step-size
+  control (Kidger, Chen & Lyons, "'Hey, that's not an ODE': faster ODE adjoints via
+  seminorms", ICML 2021): they feed nothing back into the dynamics, so their error is not
+  amplified, and large networks then need far fewer backward steps.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import torch
+
+from ..integrate import Stats, Trajectory, integrate
+from ..methods import get_tableau
+from ..problem import Problem
+from ..step_size import AdaptiveSteps, FixedSteps, _check_tolerance, rms_norm
+from ..tableau import ButcherTableau
+from ._recording import RecordingMethod
+
+__all__ = ["ContinuousAdjoint"]
+
+_NORMS = ("default", "seminorm")
+
+
+class ContinuousAdjoint(RecordingMethod):
+    """The continuous adjoint: memory ``O(|y| + |θ| + L)`` independent of the number of steps,
+    a gradient as accurate as the backward solve's tolerances allow.
+
+    Args (``None``: as in the forward solve):
+        rtol, atol: the backward solve's tolerances: positive numbers, or tensors that
+            broadcast to the state (the flat state for tuple states). They apply to ``y`` and
+            ``a`` entry by entry; the parameter integrals take the smallest entry.
+        method: the backward solve's method (name or ``ButcherTableau``).
+        options: its step-size options, with the keys of ``odeint``'s ``options``
+            (``step_size``/``grid`` for fixed steps, or ``first_step``, ``max_num_steps``,
+            ``controller``, ``safety``, ``ifactor``, ``dfactor`` for adaptive ones). ``None``
+            reuses the forward solve's step rule (its step size, grid or controller); ``{}``
+            asks for adaptive steps with default settings.
+        norm: ``"default"`` (torchdiffeq's mixed norm over ``y``, ``a`` and each parameter's
+            gradient) or ``"seminorm"`` (``y`` and ``a`` only); see the module docstring.
+
+    Costs: the backward solve's steps, each evaluation being one use of ``f`` with a graph
+    and one vector-Jacobian product (``stats.nfe_backward`` and ``stats.nfe_backward_vjp``
+    both count them), plus one per output interval for the initial-step heuristic of an
+    adaptive backward solve.
+    """
+
+    name = "adjoint"
+    exact = False
+    time_gradient = True  # the usual formula: see _BackwardSolver.run
+
+    def __init__(self, rtol=None, atol=None, method: str | ButcherTableau | None = None,
+                 options: Mapping | None = None, norm: str = "default"):
+        self.rtol = _checked_tolerance(rtol, "rtol")
+        self.atol = _checked_tolerance(atol, "atol")
+        if method is not None:
+            try:
+                get_tableau(method)
+            except (TypeError, ValueError) as e:
+                raise type(e)(f"ContinuousAdjoint: {e}") from None
+        self.method = method
+        if options is not None:
+            if not isinstance(options, Mapping):
+                raise TypeError(f"ContinuousAdjoint: options must be a dict, got {type(options).__name__}")
+            if "norm" in options:
+                raise ValueError("ContinuousAdjoint: give the norm as norm='seminorm' (or 'default'), "
+                                 "not in options (odeint_adjoint takes adjoint_options={'norm': ...})")
+            options = dict(options)
+            # validate the keys and values now (the forward method is not known yet, so an
+            # adaptive-only check against it waits for the solve)
+            _steps_from_options(method if method is not None else "dopri5",
+                                1e-7 if self.rtol is None else self.rtol,
+                                1e-9 if self.atol is None else self.atol, options)
+        self.options = options
+        if not isinstance(norm, str):
+            raise TypeError(f"ContinuousAdjoint: norm must be one of {list(_NORMS)}, got {norm!r}")
+        if norm.lower() not in _NORMS:
+            raise ValueError(f"ContinuousAdjoint: norm must be one of {list(_NORMS)}, got {norm!r}")
+        self.norm = norm.lower()
+
+    @classmethod
+    def configurations(cls) -> list["ContinuousAdjoint"]:
+        return [cls(), cls(norm="seminorm")]
+
+    def __repr__(self) -> str:
+        args = [f"{k}={v!r}" for k, v in vars(self).items()
+                if v is not None and not (k == "norm" and v == "default")]
+        return f"{type(self).__name__}({', '.join(args)})"
+
+    def __eq__(self, other) -> bool:  # tensors in rtol/atol: compare by identity, not by value
+        return type(self) is type(other) and all(
+            (a is b) if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor) else a == b
+            for a, b in zip(vars(self).values(), vars(other).values()))
+
+    def __hash__(self) -> int:
+        return hash(type(self))
+
+    # ----------------------------------------------------------------------------------
+    def solve(self, problem: Problem) -> tuple[torch.Tensor, Trajectory]:
+        if problem.requires_grad:
+            self._backward_solver(problem, problem.params)  # bad settings fail before the forward solve
+        return super().solve(problem)
+
+    def record(self, problem: Problem, y0: torch.Tensor, f0: torch.Tensor) -> Trajectory:
+        return problem.integrate(y0, f0=f0)  # only the outputs are kept
+
+    def backward(self, problem, trajectory, grad_ys, params, with_time):
+        with torch.no_grad():
+            return self._backward_solver(problem, params).run(trajectory.outputs, grad_ys, with_time)
+
+    def _backward_solver(self, problem: Problem, params: Sequence[torch.Tensor]) -> "_BackwardSolver":
+        """The backward solve's tableau, step rule, tolerances and norm, from this object's
+        settings and the forward problem's."""
+        tableau = problem.tableau if self.method is None else get_tableau(self.method)
+        rtol = self.rtol if self.rtol is not None else problem.rtol
+        atol = self.atol if self.atol is not None else problem.atol
+        if self.options is not None:
+            steps = _steps_from_options(tableau, rtol if rtol is not None else 1e-7,
+                                        atol if atol is not None else 1e-9, self.options)
+        elif isinstance(problem.steps, AdaptiveSteps) and not tableau.adaptive:
+            steps = _steps_from_options(tableau, 1e-7, 1e-9, {})  # raises: asks for a step size
+        else:
+            steps = problem.steps
+        if isinstance(steps, AdaptiveSteps):  # tolerances given to neither pass: the defaults
+            rtol = steps.rtol if rtol is None else rtol
+            atol = steps.atol if atol is None else atol
+            rtol, atol = _state_tolerance(rtol, "rtol", problem.y0), _state_tolerance(atol, "atol", problem.y0)
+        return _BackwardSolver(problem, tuple(params), tableau, steps, rtol, atol, self.norm)
+
+
+# --------------------------------------------------------------------------------------
+class _BackwardSolver:
+    """The backward solve of the augmented system for one forward problem."""
+
+    def __init__(self, problem: Problem, params: tuple[torch.Tensor, ...], tableau: ButcherTableau, steps,
+                 rtol, atol, norm: str):
+        self.problem = problem
+        self.params = params  # those that require grad
+        self.tableau = tableau
+        self.steps = steps
+        self.n = problem.y0.numel()
+        self.param_sizes = [p.numel() for p in self.params]
+        self.state_norm = problem.norm if problem.norm is not None else rms_norm
+        adaptive = isinstance(steps, AdaptiveSteps)
+        self.rtol = self._augmented_tolerance(rtol) if adaptive else None
+        self.atol = self._augmented_tolerance(atol) if adaptive else None
+        self.norm = self._augmented_norm(norm) if adaptive else None
+
+    def _augmented_tolerance(self, tol):
+        """A tolerance for ``z = [y, a, g]``: a float, or a flat tensor (the state's tolerance
+        for ``y`` and ``a``, its smallest entry for ``g``)."""
+        if not isinstance(tol, torch.Tensor):
+            return float(tol)
+        flat = tol.reshape(-1)
+        g_part = flat.min().expand(sum(self.param_sizes))
+        return torch.cat([flat, flat, g_part])
+
+    def _augmented_norm(self, kind: str):
+        n, y_shape, state_norm = self.n, self.problem.y0.shape, self.state_norm
+        sizes = self.param_sizes
+
+        def seminorm(err: torch.Tensor) -> torch.Tensor:
+            return torch.maximum(state_norm(err[:n].view(y_shape)), state_norm(err[n:2 * n].view(y_shape)))
+
+        if kind == "seminorm" or not sizes:
+            return seminorm
+
+        def mixed_norm(err: torch.Tensor) -> torch.Tensor:
+            parts = [rms_norm(g) for g in torch.split(err[2 * n:], sizes)]
+            return torch.stack([seminorm(err), *parts]).max()
+        return mixed_norm
+
+    def _interval_steps(self, t_from: float, t_to: float):
+        """The step rule for the backward interval ``t_from -> t_to``: the forward grid, if
+        one was given, restricted to it and reversed."""
+        steps = self.steps
+        if isinstance(steps, FixedSteps) and steps.grid is not None:
+            lo, hi = min(t_from, t_to), max(t_from, t_to)
+            inner = sorted((g for g in steps.grid if lo < g < hi), reverse=t_to < t_from)
+            return FixedSteps(grid=(t_from, *inner, t_to))
+        return steps
+
+    def rhs(self, t: float, z: torch.Tensor) -> torch.Tensor:
+        """``dz/dt`` of the augmented system: one evaluation of ``f`` with a graph and one
+        vector-Jacobian product."""
+        problem, params, n = self.problem, self.params, self.n
+        stats = problem.stats
+        stats.nfe_backward += 1
+        stats.nfe_backward_vjp += 1
+        y = z[:n].view(problem.y0.shape)
+        a = z[n:2 * n].view(problem.y0.shape)
+        with torch.enable_grad():
+            y = y.detach().requires_grad_(True)
+            f = problem.func(problem.time(t), y)
+            if f.requires_grad:
+                vjps = torch.autograd.grad(f, (y, *params), -a, allow_unused=True)
+            else:  # f depends neither on y nor on any parameter here
+                vjps = (None,) * (1 + len(params))
+        parts = [f.detach().reshape(-1)]
+        for v, like in zip(vjps, (y, *params)):
+            parts.append(torch.zeros(like.numel(), dtype=z.dtype, device=z.device) if v is None
+                         else v.reshape(-1).to(z.dtype))
+        return torch.cat(parts)
+
+    def run(self, ys: Sequence[torch.Tensor], grad_ys: torch.Tensor, with_time: bool = False):
+        """``(dL/dy0, [dL/dt_k] or None, [dL/dθ_p])`` from the forward outputs ``ys`` and their
+        cotangents. In time, the usual formula of the continuous problem: an output time
+        ``t_k`` (k >= 1) moves only its own output, ``dL/dt_k = <dL/dy_k, f(t_k, y_k)>``, and
+        ``dL/dt_0 = -<a(t_0), f(t_0, y_0)>`` with the adjoint ``a`` reaching ``t_0`` from the
+        later outputs: one evaluation of ``f`` per output time."""
+        problem, n = self.problem, self.n
+        t_out = problem.t_out
+        dtype, device = grad_ys.dtype, grad_ys.device
+        a = grad_ys[-1].reshape(-1)
+        g = torch.zeros(sum(self.param_sizes), dtype=dtype, device=device)
+        time_grads = [grad_ys.new_zeros(()) for _ in t_out] if with_time else None
+
+        def f_dot(k: int, cotangent: torch.Tensor) -> torch.Tensor:
+            problem.stats.nfe_backward += 1
+            return (problem.func(problem.time(t_out[k]), ys[k]).reshape(-1) * cotangent.reshape(-1)).sum()
+
+        for k in range(len(t_out) - 1, 0, -1):
+            if with_time:
+                time_grads[k] = f_dot(k, grad_ys[k])
+            z = torch.cat([ys[k].reshape(-1), a, g])
+            trajectory = integrate(self.rhs, z, [t_out[k], t_out[k - 1]], self.tableau,
+                                   self._interval_steps(t_out[k], t_out[k - 1]), rtol=self.rtol,
+                                   atol=self.atol, norm=self.norm, stats=Stats())
+            z = trajectory.outputs[-1]
+            a = z[n:2 * n]
+            if with_time and k == 1:
+                time_grads[0] = -f_dot(0, a)
+            a = a + grad_ys[k - 1].reshape(-1)
+            g = z[2 * n:]
+        grad_y0 = a.view(problem.y0.shape)
+        grads = torch.split(g, self.param_sizes) if self.params else ()
+        grad_params = [gp.view(p.shape).to(p.dtype) for gp, p in zip(grads, self.params)]
+        return grad_y0, time_grads, grad_params
+
+
+# --------------------------------------------------------------------------------------
+def _checked_tolerance(value, name: str):
+    if value is None:
+        return None
+    if isinstance(value, (tuple, list)):
+        raise TypeError(f"ContinuousAdjoint: {name} must be a positive number or a tensor that broadcasts "
+                        f"to the (flat) state, got a {type(value).__name__}")
+    try:
+        _check_tolerance(value, name)
+    except (TypeError, ValueError) as e:
+        raise type(e)(f"ContinuousAdjoint: {e}") from None
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return float(value.item())
+    return value if isinstance(value, torch.Tensor) else float(value)
+
+
+def _state_tolerance(tol, name: str, y0: torch.Tensor):
+    """A float, or a tensor shaped like the (flat) state ``y0``."""
+    if not isinstance(tol, torch.Tensor):
+        return float(tol)
+    try:
+        return tol.to(dtype=y0.dtype, device=y0.device).expand(y0.shape)
+    except RuntimeError:
+        raise ValueError(f"ContinuousAdjoint: {name} of shape {tuple(tol.shape)} does not broadcast to the "
+                         f"state's shape {tuple(y0.shape)}") from None
+
+
+def _steps_from_options(method, rtol, atol, options: Mapping) -> FixedSteps | AdaptiveSteps:
+    """``odeint``'s translation of options into a step rule. Imported here, not at the top:
+    ``symode.compat`` imports ``symode.solve``, which imports this package."""
+    from ..compat import make_steps
+    try:
+        return make_steps(method, rtol, atol, options)
+    except (TypeError, ValueError) as e:
+        raise type(e)(f"ContinuousAdjoint (the backward solve's options): {e}") from None
