@@ -125,7 +125,7 @@ def integrate(rhs: Callable[[float, torch.Tensor], torch.Tensor], y0: torch.Tens
         points, idx, point_anchors = steps.plan(t_out)
         k1 = f0
         for n, t_next in enumerate(points[1:]):
-            y, _, ks, Ys = rk_step(rhs, tableau, t, t_next, y, k1, with_error=False,
+            y, _, ks, Ys = rk_step(rhs, tableau, t, t_next, y, k1, with_error=False, keep_stage_states=keep_stages,
                                    dts=carriers(point_anchors[n], point_anchors[n + 1]))
             k1 = ks[-1] if fsal else None
             t = t_next
@@ -174,7 +174,7 @@ def integrate(rhs: Callable[[float, torch.Tensor], torch.Tensor], y0: torch.Tens
             clipped = direction * (target - t_next) <= 0.01 * h
             if clipped:
                 t_next = target
-            y_next, err, ks, Ys = rk_step(rhs, tableau, t, t_next, y, k1,
+            y_next, err, ks, Ys = rk_step(rhs, tableau, t, t_next, y, k1, keep_stage_states=keep_stages,
                                           dts=carriers(anchors[-1], k + 1 if clipped else k))
             with torch.no_grad():
                 scale = atol + rtol * torch.maximum(y.detach().abs(), y_next.detach().abs())

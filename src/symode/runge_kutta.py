@@ -76,7 +76,7 @@ def stage_time_perturbation(tableau: ButcherTableau, i: int, dts) -> torch.Tenso
 
 def rk_step(rhs: Rhs, tableau: ButcherTableau, t: float, t_next: float, y: torch.Tensor,
             k1: torch.Tensor | None = None, *, with_error: bool = True,
-            stages: Sequence[int] | None = None, dts=None):
+            stages: Sequence[int] | None = None, dts=None, keep_stage_states: bool = False):
     """Take one step ``t -> t_next`` from ``y``.
 
     Args:
@@ -86,6 +86,8 @@ def rk_step(rhs: Rhs, tableau: ButcherTableau, t: float, t_next: float, y: torch
         stages: evaluate only these stages (ascending). Defaults to every stage when an
             error estimate is wanted, else to ``tableau.solution_stages``.
         dts: zero-valued carriers of the gradients of ``t`` and ``t_next`` (module docstring).
+        keep_stage_states: return every stage state; otherwise each is dropped once its
+            derivative is evaluated (``Ys`` then holds ``None`` but for an FSAL last stage).
 
     Returns ``(y_next, error_or_None, ks, Ys)``: ``ks[i]``/``Ys[i]`` are the stage
     derivatives/states, ``None`` for stages not evaluated. For an FSAL tableau the last
@@ -100,7 +102,8 @@ def rk_step(rhs: Rhs, tableau: ButcherTableau, t: float, t_next: float, y: torch
     Ys: list[torch.Tensor | None] = [None] * s
     for i in stages:
         Yi = y if i == 0 else stage_state(tableau, i, y, h, ks, dh)
-        Ys[i] = Yi
+        if keep_stage_states or i == s - 1:
+            Ys[i] = Yi
         if i == 0 and k1 is not None:
             ks[0] = k1
         elif dts is None:
