@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import symode
+from fields import CNF, Field
 from symode.compat import odeint_adjoint
 from symode.gradients.adjoint import ContinuousAdjoint
 
@@ -31,21 +32,6 @@ class MLP(torch.nn.Module):
 
     def forward(self, t, y):
         return self.net(y)
-
-
-class Field(torch.nn.Module):
-    """A small non-autonomous field (so the stage times matter)."""
-
-    def __init__(self, dim=3, hidden=8, seed=0):
-        super().__init__()
-        gen = torch.Generator().manual_seed(seed)
-        self.w1 = torch.nn.Parameter(torch.randn(dim + 1, hidden, generator=gen, dtype=DTYPE) / dim ** 0.5)
-        self.b1 = torch.nn.Parameter(torch.randn(hidden, generator=gen, dtype=DTYPE) * 0.1)
-        self.w2 = torch.nn.Parameter(torch.randn(hidden, dim, generator=gen, dtype=DTYPE) / hidden ** 0.5)
-
-    def forward(self, t, y):
-        ty = torch.cat([y, t.expand(*y.shape[:-1], 1)], dim=-1)
-        return torch.tanh(ty @ self.w1 + self.b1) @ self.w2 - 0.1 * y
 
 
 FINE = symode.FixedSteps(step_size=0.05)  # dopri8 with these steps: discrete = continuous to ~1e-14
@@ -167,20 +153,6 @@ def test_tuple_state():
 def test_vector_field_that_calls_autograd():
     """A continuous normalizing flow: f returns (dz/dt, -tr(df/dz)) with a Hutchinson estimate,
     so f itself calls torch.autograd.grad (with create_graph)."""
-
-    class CNF(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.net = Field(dim=3, hidden=8, seed=4)
-            self.register_buffer("noise", randn(5, 3, seed=5))
-
-        def forward(self, t, state):
-            z, _ = state
-            with torch.enable_grad():
-                z = z if z.requires_grad else z.requires_grad_(True)
-                dz = self.net(t, z)
-                vjp = torch.autograd.grad(dz, z, self.noise, create_graph=True)[0]
-            return dz, -(vjp * self.noise).sum(-1)
 
     z0 = randn(5, 3, seed=6).requires_grad_(True)
     logp0 = torch.zeros(5, dtype=DTYPE)
