@@ -130,6 +130,7 @@ def integrate(rhs: Callable[[float, torch.Tensor], torch.Tensor], y0: torch.Tens
             k1 = ks[-1] if fsal else None
             t = t_next
             accept(t, y, Ys, point_anchors[n + 1])
+            del ks, Ys  # not alive during the next step
             if len(ts) - 1 == idx[len(outputs)]:
                 _check_finite(y, t, stats)
                 outputs.append(y)
@@ -195,6 +196,7 @@ def integrate(rhs: Callable[[float, torch.Tensor], torch.Tensor], y0: torch.Tens
                 stats.num_rejected += 1
                 after_reject = True
                 k1 = ks[0]  # same (t, y): the retry reuses its first stage
+            del ks, Ys, err, y_next, scale  # not alive during the next try
         _check_finite(y, t, stats)
         outputs.append(y)
         out_index.append(len(ts) - 1)

@@ -102,7 +102,7 @@ def rk_step(rhs: Rhs, tableau: ButcherTableau, t: float, t_next: float, y: torch
     Ys: list[torch.Tensor | None] = [None] * s
     for i in stages:
         Yi = y if i == 0 else stage_state(tableau, i, y, h, ks, dh)
-        if keep_stage_states or i == s - 1:
+        if keep_stage_states or (i == s - 1 and tableau.fsal):
             Ys[i] = Yi
         if i == 0 and k1 is not None:
             ks[0] = k1

@@ -249,10 +249,12 @@ class _BackwardSolver:
             if with_time:
                 time_grads[k] = f_dot(k, grad_ys[k])
             z = torch.cat([ys[k].reshape(-1), a, g])
+            a = g = None  # copied into z: not alive during the solve
             trajectory = integrate(self.rhs, z, [t_out[k], t_out[k - 1]], self.tableau,
                                    self._interval_steps(t_out[k], t_out[k - 1]), rtol=self.rtol,
                                    atol=self.atol, norm=self.norm, stats=Stats())
             z = trajectory.outputs[-1]
+            del trajectory
             a = z[n:2 * n]
             if with_time and k == 1:
                 time_grads[0] = -f_dot(0, a)
