@@ -1,0 +1,452 @@
+"""Benchmark problems as data: the paper's continuous normalizing flows and a plain neural ODE.
+
+Every problem is built from a *spec* in :data:`PROBLEMS` (``spec.build(...)``, with size
+overrides for tests) and exposes the same small interface (:class:`BenchProblem`):
+
+* ``name``, ``description`` (a dict for reports), ``modules`` (an ``nn.Module`` holding every
+  parameter), ``inputs`` (the tensors whose gradients are compared: every parameter, plus
+  ``y0`` for the plain neural ODE);
+* ``loss(gradient, method, steps) -> (loss, stats)``: one forward solve (several for stacked
+  blocks) differentiated by ``gradient`` (a symode gradient method, or an adapter of another
+  library: see :func:`solve_block`); ``steps`` is one step rule or a list, one per block;
+  ``stats`` (:class:`SummedStats`) sums the solves' counts over the blocks, backward counts
+  included once ``backward()`` has run;
+* ``resample(seed)``: what changes from one training iteration to the next (the CNF's
+  Hutchinson noise), the same for every gradient method given the same seed;
+* ``converted(dtype)``: a copy holding the same values in another dtype (a float64 reference
+  of a float32 problem).
+
+The continuous normalizing flows follow FFJORD (Grathwohl et al. 2019) as used in the
+symplectic adjoint paper (Matsubara et al. 2021) on the MAF tabular data sets:
+``M`` stacked blocks, each a CNF with its own weights on ``t in [0, 1]``, the state
+``(z, log p)`` with
+
+    dz/dt = g(t, z),    d(log p)/dt = -tr(dg/dz) ~= -e^T (dg/dz) e
+
+``g`` an MLP whose every layer sees ``t`` concatenated to its input (FFJORD's "concat"
+layers), and ``e`` a noise drawn once per training iteration (a buffer, not redrawn per
+evaluation of ``f``). ``f`` computes ``e^T dg/dz`` by ``torch.autograd.grad(create_graph=True)``,
+so every gradient method differentiates a vector field that itself calls autograd. The loss
+is the negative log-likelihood under a standard normal base distribution,
+``mean(-log N(z_M; 0, I) + log p_M)`` with ``log p_0 = 0`` (``log p_M`` is the sum over the
+blocks of the integrated ``-tr``; FFJORD's sign convention).
+
+The MAF data sets cannot be downloaded here: the data are a synthetic Gaussian mixture of the
+data set's dimension. Memory and time depend on shapes and step counts, not on the data; the
+step counts of an untrained flow are smaller than those of a trained one.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, replace
+from typing import Sequence
+
+import torch
+
+from .integrate import Stats
+from .solve import solve
+
+__all__ = ["BenchProblem", "CNFProblem", "MLPProblem", "CNFSpec", "MLPSpec", "ConcatMLP", "CNFBlock",
+           "MLPField", "SummedStats", "PROBLEMS", "get_problem", "solve_block"]
+
+_ACTIVATIONS = {"tanh": torch.nn.Tanh, "softplus": torch.nn.Softplus, "relu": torch.nn.ReLU,
+                "elu": torch.nn.ELU}
+
+
+# --------------------------------------------------------------------------------------
+class SummedStats:
+    """The counts of several solves (one per block), summed when read.
+
+    Reads are lazy so that the backward counts, which the solves' ``Stats`` fill in when
+    ``backward()`` runs, are included once it has run. ``grids``: each solve's accepted step
+    endpoints (float64)."""
+
+    FIELDS = ("num_accepted", "num_rejected", "nfe_forward", "nfe_backward", "nfe_backward_vjp")
+
+    def __init__(self, parts: Sequence[Stats] = (), grids: Sequence[torch.Tensor] = ()):
+        self.parts = list(parts)
+        self.grids = list(grids)
+
+    def __getattr__(self, name):
+        if name in SummedStats.FIELDS:
+            return sum(getattr(p, name) for p in self.parts)
+        raise AttributeError(name)
+
+    @property
+    def num_steps(self) -> int:
+        return self.num_accepted + self.num_rejected
+
+    def as_dict(self) -> dict:
+        return {k: getattr(self, k) for k in SummedStats.FIELDS}
+
+    def __repr__(self) -> str:
+        return f"SummedStats({', '.join(f'{k}={v}' for k, v in self.as_dict().items())}, blocks={len(self.parts)})"
+
+
+def solve_block(func, y0, t, method, steps, gradient):
+    """``(ys, stats, grid)`` of one solve: ``symode.solve``, or, when ``gradient`` has a
+    ``solve_ode(func, y0, t, method, steps) -> (ys, stats, grid)`` method (an adapter of
+    another library, such as ``symode.cli.PeerGradient``), that. ``grid`` may be None."""
+    if hasattr(gradient, "solve_ode"):
+        return gradient.solve_ode(func, y0, t, method, steps)
+    sol = solve(func, y0, t, method=method, steps=steps, gradient=gradient)
+    return sol.ys, sol.stats, sol.grid
+
+
+def _steps_for_block(steps, k: int):
+    """``steps`` may be one step rule for every block or a sequence of them, one per block."""
+    if isinstance(steps, (list, tuple)):
+        return steps[k]
+    return steps
+
+
+class BenchProblem:
+    """The interface of a benchmark problem (see the module docstring)."""
+
+    name: str = ""
+    description: dict
+    modules: torch.nn.Module
+    #: the seed of the random draws of the current iteration (None: the problem draws nothing)
+    noise_seed: int | None = None
+
+    @property
+    def inputs(self) -> tuple[torch.Tensor, ...]:
+        """The tensors whose gradients are compared."""
+        return tuple(p for p in self.modules.parameters() if p.requires_grad)
+
+    @property
+    def num_blocks(self) -> int:
+        return 1
+
+    def loss(self, gradient="backprop", method="dopri5", steps=None) -> tuple[torch.Tensor, SummedStats]:
+        raise NotImplementedError
+
+    def resample(self, seed: int) -> None:
+        """Draw what a new training iteration draws (nothing by default)."""
+
+    def converted(self, dtype: torch.dtype) -> "BenchProblem":
+        raise NotImplementedError
+
+
+# --------------------------------------------------------------------------------------
+# continuous normalizing flows
+class ConcatMLP(torch.nn.Module):
+    """``g(t, z)``: an MLP ``dim -> hidden[0] -> ... -> dim`` whose every layer takes ``t``
+    concatenated to its input (FFJORD's ``ConcatLinear``: ``Linear(cat([t, x]))``), with
+    ``activation`` after every hidden layer."""
+
+    def __init__(self, dim: int, hidden: Sequence[int], activation: str):
+        super().__init__()
+        sizes = [dim, *hidden, dim]
+        self.layers = torch.nn.ModuleList(torch.nn.Linear(a + 1, b) for a, b in zip(sizes[:-1], sizes[1:]))
+        self.activation = _ACTIVATIONS[activation]()
+
+    def forward(self, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        tt = t.expand(*z.shape[:-1], 1)
+        x = z
+        for i, layer in enumerate(self.layers):
+            x = layer(torch.cat([tt, x], dim=-1))
+            if i + 1 < len(self.layers):
+                x = self.activation(x)
+        return x
+
+
+class CNFBlock(torch.nn.Module):
+    """One CNF: ``f(t, (z, logp)) = (g(t, z), -e^T (dg/dz) e)`` with the Hutchinson noise
+    ``e`` a buffer (shape ``(batch, dim)``) that :meth:`resample` redraws."""
+
+    def __init__(self, dim: int, hidden: Sequence[int], activation: str, batch: int, noise: str = "gaussian"):
+        super().__init__()
+        if noise not in ("gaussian", "rademacher"):
+            raise ValueError(f"noise must be 'gaussian' or 'rademacher', got {noise!r}")
+        self.net = ConcatMLP(dim, hidden, activation)
+        self.noise_kind = noise
+        self.register_buffer("noise", torch.zeros(batch, dim))
+
+    def resample(self, generator: torch.Generator) -> None:
+        e = torch.randn(self.noise.shape, generator=generator, dtype=torch.float64)
+        if self.noise_kind == "rademacher":
+            e = torch.sign(e) + (e == 0)
+        self.noise.copy_(e.to(self.noise.dtype))
+
+    def forward(self, t: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]):
+        z, _ = state
+        with torch.enable_grad():
+            # a fresh leaf when the solver runs without a graph (no graph is lost then)
+            z = z if z.requires_grad else z.detach().requires_grad_(True)
+            dz = self.net(t, z)
+            e = self.noise
+            e_dg = torch.autograd.grad(dz, z, e, create_graph=True)[0]  # e^T dg/dz
+        return dz, -(e_dg * e).sum(-1)
+
+
+def gaussian_mixture(n: int, dim: int, *, components: int = 8, scale: float = 0.5, seed: int = 0,
+                     dtype=torch.float64) -> torch.Tensor:
+    """``n`` samples of a mixture of ``components`` Gaussians in ``dim`` dimensions (means
+    ~ N(0, I), standard deviation ``scale``), drawn in float64 from ``seed``."""
+    gen = torch.Generator().manual_seed(seed)
+    means = torch.randn(components, dim, generator=gen, dtype=torch.float64)
+    which = torch.randint(components, (n,), generator=gen)
+    x = means[which] + scale * torch.randn(n, dim, generator=gen, dtype=torch.float64)
+    return x.to(dtype)
+
+
+class CNFProblem(BenchProblem):
+    """``M`` stacked CNF blocks (see the module docstring)."""
+
+    def __init__(self, name: str, blocks: torch.nn.ModuleList, data: torch.Tensor, t1: float,
+                 description: dict, noise_seed: int):
+        self.name = name
+        self.modules = blocks
+        self.data = data
+        self.t = torch.tensor([0.0, t1], dtype=torch.float64)
+        self.description = description
+        self.noise_seed = noise_seed
+        self.resample(noise_seed)
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.modules)
+
+    def resample(self, seed: int) -> None:
+        gen = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for block in self.modules:
+                block.resample(gen)
+        self.noise_seed = seed
+
+    def log_likelihood(self, z: torch.Tensor, logp: torch.Tensor) -> torch.Tensor:
+        """``log p(x)`` per sample from the final state: ``log N(z; 0, I) - logp``."""
+        log_normal = -0.5 * z.pow(2).sum(-1) - 0.5 * z.shape[-1] * math.log(2 * math.pi)
+        return log_normal - logp
+
+    def flow(self, gradient="backprop", method="dopri5", steps=None):
+        """``(z_M, logp_M, stats)``: the data pushed through every block."""
+        z = self.data
+        logp = self.data.new_zeros(self.data.shape[:-1])
+        parts, grids = [], []
+        for k, block in enumerate(self.modules):
+            (zs, logps), block_stats, grid = solve_block(block, (z, logp), self.t, method,
+                                                         _steps_for_block(steps, k), gradient)
+            z, logp = zs[-1], logps[-1]
+            parts.append(block_stats)
+            grids.append(grid)
+        return z, logp, SummedStats(parts, grids)
+
+    def loss(self, gradient="backprop", method="dopri5", steps=None):
+        z, logp, stats = self.flow(gradient, method, steps)
+        return -self.log_likelihood(z, logp).mean(), stats
+
+    def converted(self, dtype: torch.dtype) -> "CNFProblem":
+        other = copy.copy(self)
+        other.modules = copy.deepcopy(self.modules).to(dtype)
+        other.data = self.data.to(dtype)
+        other.description = dict(self.description)
+        return other
+
+
+@dataclass(frozen=True)
+class CNFSpec:
+    """A FFJORD tabular configuration: data dimension ``dim``, ``blocks`` stacked CNFs, each
+    with ``layers`` hidden layers of ``width`` units and ``activation``."""
+
+    name: str
+    dim: int
+    blocks: int
+    layers: int
+    width: int
+    activation: str
+    batch: int = 1000
+    data_note: str = ""
+
+    @property
+    def summary(self) -> str:
+        return (f"CNF, {self.name.upper()} shape: d={self.dim}, {self.blocks} block(s) of "
+                f"{self.layers}x{self.width} {self.activation}")
+
+    def build(self, *, batch: int | None = None, width: int | None = None, layers: int | None = None,
+              blocks: int | None = None, dim: int | None = None, dtype: torch.dtype = torch.float32,
+              device="cpu", seed: int = 0, noise: str = "gaussian", t1: float = 1.0,
+              init_gain: float | None = None) -> CNFProblem:
+        """The problem, with optional size overrides (for tests and scaling runs).
+
+        The weights are PyTorch's default initialisation (FFJORD's) from ``seed``, times
+        ``init_gain`` (default 1); the data are ``batch`` samples of a Gaussian mixture from ``seed + 1``;
+        the noise is drawn from ``seed + 2`` until :meth:`CNFProblem.resample`."""
+        s = replace(self, **{k: v for k, v in dict(batch=batch, width=width, layers=layers, blocks=blocks,
+                                                    dim=dim).items() if v is not None})
+        for key in ("batch", "width", "layers", "blocks", "dim"):
+            if getattr(s, key) < (0 if key == "layers" else 1):
+                raise ValueError(f"{key} must be at least {0 if key == 'layers' else 1}, got {getattr(s, key)}")
+        with torch.random.fork_rng(devices=[]):  # seed the initialisation, leave the global RNG alone
+            torch.manual_seed(seed)
+            blocks_ = torch.nn.ModuleList(CNFBlock(s.dim, [s.width] * s.layers, s.activation, s.batch, noise)
+                                          for _ in range(s.blocks))
+        init_gain = 1.0 if init_gain is None else init_gain
+        if init_gain != 1.0:
+            with torch.no_grad():
+                for p in blocks_.parameters():
+                    if p.ndim == 2:
+                        p.mul_(init_gain)
+        blocks_ = blocks_.to(dtype=dtype, device=device)
+        data = gaussian_mixture(s.batch, s.dim, seed=seed + 1).to(dtype=dtype, device=device)
+        n_params = sum(p.numel() for p in blocks_.parameters())
+        hidden = " -> ".join([str(s.dim), *[str(s.width)] * s.layers, str(s.dim)])
+        description = {
+            "summary": s.summary,
+            "vector_field": f"{s.blocks} block(s), each a CNF on (z, log p): dz/dt = MLP {hidden} with t "
+                            f"concatenated to every layer's input, {s.activation}; d(log p)/dt = -e^T (dg/dz) e "
+                            f"(Hutchinson, {noise} noise drawn once per iteration, autograd inside f)",
+            "parameters": n_params,
+            "blocks": s.blocks,
+            "y0_shape": [s.batch, s.dim],
+            "t": [0.0, t1],
+            "loss": "mean(-log N(z_M; 0, I) + log p_M): negative log-likelihood, blocks chained",
+            "data": f"synthetic: {s.batch} samples of an 8-component Gaussian mixture in {s.dim} dimensions "
+                    f"(seed {seed + 1}); {s.data_note or 'the MAF data set'} cannot be downloaded here, and "
+                    f"memory and time depend on shapes and step counts, not on the data",
+            "init": f"PyTorch default (seed {seed})" + (f", weights x {init_gain:g}" if init_gain != 1.0 else ""),
+        }
+        return CNFProblem(s.name, blocks_, data, t1, description, noise_seed=seed + 2)
+
+
+# --------------------------------------------------------------------------------------
+# a plain neural ODE
+class MLPField(torch.nn.Module):
+    """An autonomous vector field ``f(t, y) = MLP(y)``: dim -> width -> width -> dim, softplus.
+
+    ``gain`` multiplies every weight of PyTorch's default initialisation. At ``gain=1`` the
+    flow over ``[0, 1]`` is nearly linear: dopri5 needs 3-4 steps and in float32 the error
+    estimate is then dominated by round-off (7 steps at rtol=atol=1e-6 against 4 in float64).
+    At ``gain=3`` the dynamics are non-trivial, the step count is set by the truncation error
+    (17 steps at 1e-6 in both precisions) and the state grows about tenfold: a many-step
+    solve, where memory that grows with the steps shows.
+    """
+
+    def __init__(self, dim: int, width: int, gain: float = 1.0):
+        super().__init__()
+        self.net = torch.nn.Sequential(
+            torch.nn.Linear(dim, width), torch.nn.Softplus(),
+            torch.nn.Linear(width, width), torch.nn.Softplus(),
+            torch.nn.Linear(width, dim))
+        if gain != 1.0:
+            with torch.no_grad():
+                for layer in self.net:
+                    if isinstance(layer, torch.nn.Linear):
+                        layer.weight.mul_(gain)
+
+    def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.net(y)
+
+
+class MLPProblem(BenchProblem):
+    """A neural ODE ``dy/dt = MLP(y)`` on ``[0, t1]``, ``loss = mean(y(t1)**2)``; the gradient
+    is taken with respect to ``y0`` and the parameters."""
+
+    def __init__(self, func: MLPField, y0: torch.Tensor, t1: float, description: dict):
+        self.name = "mlp"
+        self.modules = func
+        self.y0 = y0.detach().requires_grad_(True)
+        self.t = torch.tensor([0.0, t1], dtype=torch.float64)
+        self.description = description
+
+    @property
+    def inputs(self) -> tuple[torch.Tensor, ...]:
+        return (self.y0, *super().inputs)
+
+    def loss(self, gradient="backprop", method="dopri5", steps=None):
+        ys, stats, grid = solve_block(self.modules, self.y0, self.t, method, _steps_for_block(steps, 0), gradient)
+        return ys[-1].pow(2).mean(), SummedStats([stats], [grid])
+
+    def converted(self, dtype: torch.dtype) -> "MLPProblem":
+        other = copy.copy(self)
+        other.modules = copy.deepcopy(self.modules).to(dtype)
+        other.y0 = self.y0.detach().to(dtype).requires_grad_(True)
+        other.description = dict(self.description)
+        return other
+
+
+@dataclass(frozen=True)
+class MLPSpec:
+    """A neural ODE with an MLP vector field ``dim -> width -> width -> dim`` (softplus), the
+    weights ``gain`` times PyTorch's default initialisation (see :class:`MLPField`)."""
+
+    name: str = "mlp"
+    dim: int = 43
+    width: int = 860
+    gain: float = 3.0
+    batch: int = 256
+    blocks: int = 1
+
+    @property
+    def summary(self) -> str:
+        return f"neural ODE, MLP {self.dim} -> {self.width} -> {self.width} -> {self.dim} softplus"
+
+    def build(self, *, batch: int | None = None, width: int | None = None, layers: int | None = None,
+              blocks: int | None = None, dim: int | None = None, dtype: torch.dtype = torch.float32,
+              device="cpu", seed: int = 0, noise: str = "gaussian", t1: float = 1.0,
+              init_gain: float | None = None) -> MLPProblem:
+        """The problem with optional size overrides (``layers`` must be 2 or None, ``blocks``
+        1 or None; ``noise`` is ignored)."""
+        if layers not in (None, 2):
+            raise ValueError(f"the mlp problem has 2 hidden layers, got layers={layers}")
+        if blocks not in (None, 1):
+            raise ValueError(f"the mlp problem has one block, got blocks={blocks}")
+        batch = self.batch if batch is None else batch
+        dim = self.dim if dim is None else dim
+        width = self.width if width is None else width
+        gain = self.gain if init_gain is None else init_gain
+        for key, v in (("batch", batch), ("dim", dim), ("width", width)):
+            if v < 1:
+                raise ValueError(f"{key} must be at least 1, got {v}")
+        with torch.random.fork_rng(devices=[]):  # seed the initialisation, leave the global RNG alone
+            torch.manual_seed(seed)
+            func = MLPField(dim, width, gain).to(dtype=dtype, device=device)
+        gen = torch.Generator().manual_seed(seed)
+        y0 = torch.randn(batch, dim, generator=gen, dtype=torch.float64).to(dtype=dtype, device=device)
+        n_params = sum(p.numel() for p in func.parameters())
+        description = {
+            "summary": f"neural ODE, MLP {dim} -> {width} -> {width} -> {dim} softplus",
+            "vector_field": f"MLP {dim} -> {width} -> {width} -> {dim}, softplus, autonomous, "
+                            f"weights {gain:g} x PyTorch's default init (seed {seed})",
+            "parameters": n_params,
+            "blocks": 1,
+            "y0_shape": [batch, dim],
+            "t": [0.0, t1],
+            "loss": "mean(y(t1)**2); gradients w.r.t. y0 and the parameters",
+            "data": f"y0 ~ N(0, 1), seed {seed}" + (" (random data of MINIBOONE's dimension, not the data set)"
+                                                    if dim == 43 else ""),
+        }
+        return MLPProblem(func, y0, t1, description)
+
+
+# --------------------------------------------------------------------------------------
+#: problem name -> spec; ``PROBLEMS[name].build(...)`` makes the problem. The five tabular
+#: configurations of FFJORD / the symplectic adjoint paper, and a plain neural ODE. The default
+#: batches make a default ``symode bench`` run (every gradient method, 5 timed repeats, float32,
+#: dopri5 at 1e-5) take about two minutes on an idle 2-core CPU: measured for miniboone (the
+#: default problem), estimated from one-iteration timings for the others (FFJORD trained
+#: with batches of 1000 or more, which take correspondingly longer here).
+PROBLEMS: dict[str, CNFSpec | MLPSpec] = {
+    "power": CNFSpec("power", dim=6, blocks=5, layers=3, width=60, activation="tanh", batch=1000,
+                     data_note="POWER"),
+    "gas": CNFSpec("gas", dim=8, blocks=5, layers=3, width=160, activation="tanh", batch=768, data_note="GAS"),
+    "hepmass": CNFSpec("hepmass", dim=21, blocks=10, layers=2, width=210, activation="softplus", batch=512,
+                       data_note="HEPMASS"),
+    "miniboone": CNFSpec("miniboone", dim=43, blocks=1, layers=2, width=860, activation="softplus", batch=512,
+                         data_note="MINIBOONE"),
+    "bsds300": CNFSpec("bsds300", dim=63, blocks=2, layers=3, width=1260, activation="tanh", batch=32,
+                       data_note="BSDS300"),
+    "mlp": MLPSpec(batch=256),
+}
+
+
+def get_problem(name: str, **overrides) -> BenchProblem:
+    """``PROBLEMS[name].build(**overrides)``, with a clear error for an unknown name."""
+    try:
+        spec = PROBLEMS[name.lower()]
+    except KeyError:
+        raise ValueError(f"unknown problem {name!r}; choose one of {', '.join(PROBLEMS)}") from None
+    return spec.build(**overrides)
