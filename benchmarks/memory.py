@@ -261,6 +261,13 @@ def main(argv=None) -> int:
     args.steps = sorted(args.steps)
     torch.set_num_threads(args.threads)
 
+    run_and_record(args, run, to_markdown)
+    return 0
+
+
+def run_and_record(args, run, to_markdown, json_extra=None) -> dict:
+    """Run, print the markdown table and the machine line, and write ``--out`` (markdown if
+    it ends in .md, else JSON, with ``json_extra(res)`` merged in)."""
     start = time.perf_counter()
     res = run(args)
     res["wall_s"] = round(time.perf_counter() - start, 1)
@@ -272,10 +279,11 @@ def main(argv=None) -> int:
         with open(args.out, "w") as fh:
             if args.out.endswith(".md"):
                 fh.write(f"Command: `{res['command']}`  \nMachine: {m['nproc']} CPUs, {m['cpu']}, "
-                         f"torch {m['torch']}, Python {m['python']}  \nDate: {res['date']}\n\n{md}\n")
+                         f"torch {m['torch']}, Python {m['python']}  \nDate: {res['date']}; "
+                         f"{res['wall_s']} s wall\n\n{md}\n")
             else:
-                json.dump(res, fh, indent=2)
-    return 0
+                json.dump({**res, **(json_extra(res) if json_extra else {})}, fh, indent=2, default=str)
+    return res
 
 
 if __name__ == "__main__":

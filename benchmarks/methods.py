@@ -66,7 +66,7 @@ from symode.gradients import (GRADIENT_METHODS, Backprop, Checkpoint, Continuous
                               OneCheckpoint, SymplecticAdjoint)
 from symode.profiling import peak_memory  # noqa: E402
 
-from memory import DIM, DTYPES, MiB, MLP, machine, num_stages, saved_activation_bytes  # noqa: E402
+from memory import DIM, DTYPES, MiB, MLP, machine, num_stages, run_and_record, saved_activation_bytes  # noqa: E402
 
 
 #: steps of the census run of the continuous adjoint (its peak is reached in the second step)
@@ -440,22 +440,8 @@ def main(argv=None) -> int:
     args.steps = sorted(set(args.steps))
     torch.set_num_threads(args.threads)
 
-    start = time.perf_counter()
-    res = run(args)
-    res["wall_s"] = round(time.perf_counter() - start, 1)
-    md = to_markdown(res)
-    print(md)
-    m = res["machine"]
-    print(f"\n{m['nproc']} CPUs, {m['cpu']}, torch {m['torch']}; {res['wall_s']} s")
-    if args.out:
-        with open(args.out, "w") as fh:
-            if args.out.endswith(".md"):
-                fh.write(f"Command: `{res['command']}`  \nMachine: {m['nproc']} CPUs, {m['cpu']}, "
-                         f"torch {m['torch']}, Python {m['python']}  \nDate: {res['date']}; "
-                         f"{res['wall_s']} s wall\n\n{md}\n")
-            else:
-                res["ordering"] = {str(k): v for k, v in ordering(res)[1].items()}
-                json.dump(res, fh, indent=2, default=str)
+    run_and_record(args, run, to_markdown,
+                   lambda res: {"ordering": {str(k): v for k, v in ordering(res)[1].items()}})
     return 0
 
 
