@@ -1,0 +1,77 @@
+"""Time per training iteration of every exact gradient method, as ratios to backprop.
+
+The compute-bound case of issue 4: an MLP vector field 43 -> 860 -> 860 -> 43 (softplus),
+batch 256, float32, rk4 with 50 fixed steps on [0, 1], loss = mean square of y(1), one
+forward + backward per iteration. The methods take turns (A B C ... A B C ...) after one
+warm-up each, so that their ratios are measured under the same machine conditions; the
+median of the repeats is reported. Theory (recomputation plus one extra evaluation per
+stage): symplectic adjoint ~1.6x backprop, with stored stages ~1.33x.
+
+    python benchmarks/speed.py [--repeats 5] [--threads 1] [--batch 256] [--steps 50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+import symode
+
+
+class MLP(torch.nn.Module):
+    def __init__(self, dim: int, width: int):
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Linear(dim, width), torch.nn.Softplus(),
+                                       torch.nn.Linear(width, width), torch.nn.Softplus(),
+                                       torch.nn.Linear(width, dim))
+
+    def forward(self, t, y):
+        return self.net(y)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--width", type=int, default=860)
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--method", default="rk4")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    func = MLP(43, args.width)
+    y0 = torch.randn(args.batch, 43, requires_grad=True)
+    t = torch.tensor([0.0, 1.0])
+    methods = {"backprop": symode.Backprop(), "checkpoint": symode.Checkpoint(),
+               "symplectic_adjoint": symode.SymplecticAdjoint(),
+               "symplectic_adjoint(store_stages)": symode.SymplecticAdjoint(store_stages=True)}
+
+    def iteration(gradient):
+        ys = symode.odeint(func, y0, t, method=args.method, options={"step_size": 1.0 / args.steps},
+                           gradient=gradient)
+        ys[-1].pow(2).mean().backward()
+
+    for gradient in methods.values():
+        iteration(gradient)  # warm-up
+    times = {name: [] for name in methods}
+    for _ in range(args.repeats):
+        for name, gradient in methods.items():
+            start = time.perf_counter()
+            iteration(gradient)
+            times[name].append(time.perf_counter() - start)
+    ref = statistics.median(times["backprop"])
+    print(f"MLP 43 -> {args.width} -> {args.width} -> 43 softplus, batch {args.batch}, {args.method} "
+          f"{args.steps} steps, float32, {args.threads} thread(s), median of {args.repeats}, interleaved\n")
+    print("| method | median s | x backprop |\n| --- | ---: | ---: |")
+    for name, ts in times.items():
+        med = statistics.median(ts)
+        print(f"| {name} | {med:.3f} | {med / ref:.2f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
