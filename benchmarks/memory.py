@@ -125,11 +125,13 @@ def training_iteration(func, y0, t, n_steps: int, method: str, gradient: str) ->
     return loss.item()
 
 
-def measure(func, y0, t, n_steps: int, method: str, gradient: str, device) -> tuple[int, float, torch.Tensor]:
-    """Peak bytes of one training iteration, its loss and the gradient (flattened)."""
+def measure(func, y0, t, n_steps: int, method: str, gradient, device,
+            iteration=training_iteration) -> tuple[int, object, torch.Tensor]:
+    """Peak bytes of one training iteration, what ``iteration`` returned (the loss, by
+    default) and the gradient (flattened)."""
     func.zero_grad(set_to_none=True)
     y0.grad = None
-    r = peak_memory(training_iteration, func, y0, t, n_steps, method, gradient, device=device)
+    r = peak_memory(iteration, func, y0, t, n_steps, method, gradient, device=device)
     grad = torch.cat([y0.grad.reshape(-1)] + [p.grad.reshape(-1) for p in func.parameters()])
     func.zero_grad(set_to_none=True)
     y0.grad = None
@@ -150,7 +152,9 @@ def machine() -> dict:
             "python": platform.python_version(), "platform": platform.platform()}
 
 
-def run(args) -> dict:
+def setup(args):
+    """The problem of ``args`` and its sizes: ``(func, y0, t, device, profiler device, |y|,
+    |theta|, A = one network use's saved activations, s)``."""
     torch.manual_seed(args.seed)
     dtype = DTYPES[args.dtype]
     device = torch.device(args.device)
@@ -160,10 +164,14 @@ def run(args) -> dict:
     itemsize = torch.empty((), dtype=dtype).element_size()
     state = args.batch * DIM * itemsize
     theta = sum(p.numel() for p in func.parameters()) * itemsize
-    act = saved_activation_bytes(func, y0)
-    act_graph = graph_peak_bytes(func, y0, device)
-    s = num_stages(args.method)
     pdev = None if device.type == "cpu" else device
+    return (func, y0, t, device, pdev, state, theta, saved_activation_bytes(func, y0),
+            num_stages(args.method))
+
+
+def run(args) -> dict:
+    func, y0, t, device, pdev, state, theta, act, s = setup(args)
+    act_graph = graph_peak_bytes(func, y0, device)
 
     # warm-up (first profiler start, lazy initialisations), not recorded
     for g in METHODS:

@@ -52,10 +52,8 @@ from __future__ import annotations
 import argparse
 import collections
 import datetime
-import json
 import os
 import sys
-import time
 
 import torch
 
@@ -64,9 +62,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import symode  # noqa: E402
 from symode.gradients import (GRADIENT_METHODS, Backprop, Checkpoint, ContinuousAdjoint,  # noqa: E402
                               OneCheckpoint, SymplecticAdjoint)
-from symode.profiling import peak_memory  # noqa: E402
 
-from memory import DIM, DTYPES, MiB, MLP, machine, num_stages, run_and_record, saved_activation_bytes  # noqa: E402
+import memory  # noqa: E402
+from memory import DIM, DTYPES, MiB, machine, run_and_record, setup  # noqa: E402
 
 
 #: steps of the census run of the continuous adjoint (its peak is reached in the second step)
@@ -120,13 +118,9 @@ def training_iteration(func, y0, t, n_steps: int, method: str, gradient):
 
 def measure(func, y0, t, n_steps: int, method: str, gradient, device):
     """Peak bytes of one training iteration, its stats and the gradient (flattened)."""
-    func.zero_grad(set_to_none=True)
-    y0.grad = None
-    r = peak_memory(training_iteration, func, y0, t, n_steps, method, gradient, device=device)
-    grad = torch.cat([y0.grad.reshape(-1)] + [p.grad.reshape(-1) for p in func.parameters()])
-    func.zero_grad(set_to_none=True)
-    y0.grad = None
-    return r.peak_bytes, r.result[1], grad
+    peak, (_, stats), grad = memory.measure(func, y0, t, n_steps, method, gradient, device,
+                                            iteration=training_iteration)
+    return peak, stats, grad
 
 
 # --------------------------------------------------------------------------------------
@@ -206,18 +200,7 @@ def adjoint_census(func, y0, t, n_steps: int, method: str, gradient, sizes: dict
 
 # --------------------------------------------------------------------------------------
 def run(args) -> dict:
-    torch.manual_seed(args.seed)
-    dtype = DTYPES[args.dtype]
-    device = torch.device(args.device)
-    pdev = None if device.type == "cpu" else device
-    func = MLP(DIM, args.width).to(device=device, dtype=dtype)
-    y0 = torch.randn(args.batch, DIM, dtype=dtype, device=device).requires_grad_(True)
-    t = torch.tensor([0.0, 1.0], dtype=dtype, device=device)
-    itemsize = torch.empty((), dtype=dtype).element_size()
-    state = args.batch * DIM * itemsize
-    theta = sum(p.numel() for p in func.parameters()) * itemsize
-    act = saved_activation_bytes(func, y0)
-    s = num_stages(args.method)
+    func, y0, t, device, pdev, state, theta, act, s = setup(args)
     sizes = {"state_bytes": state, "theta_bytes": theta, "activation_bytes": act,
              "augmented_bytes": 2 * state + theta}
     configs = configurations(args.max_checkpoints)
@@ -358,8 +341,8 @@ def to_markdown(res: dict) -> str:
              + ("(network-dominated: A > |theta|)" if act > theta else "(NOT network-dominated: raise --batch)"),
              f"- augmented state of the continuous adjoint |z| = 2|y| + |theta| = {z['augmented_bytes']:,} B", ""]
     hdr = " | ".join(f"N = {n}" for n in steps)
-    lines.append(f"Peak MiB of one training iteration (profiler measure; grad rel. diff. to backprop and "
-                 f"backward NFE at each N):")
+    lines.append("Peak MiB of one training iteration (profiler measure; grad rel. diff. to backprop and "
+                 "backward NFE at each N):")
     lines.append("")
     lines.append(f"| configuration | {hdr} | grad rel. diff. | NFE bwd |" + (" repeat identical |" if res["repeat_identical"] else ""))
     lines.append("| --- | " + " | ".join("---:" for _ in steps) + " | ---: | ---: |" + (" :---: |" if res["repeat_identical"] else ""))

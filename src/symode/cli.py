@@ -618,11 +618,7 @@ def _write_plots(plt, directory: str, info: dict, rows: Sequence[dict]) -> list[
     axes[0].set_yticks(ypos)
     axes[0].set_yticklabels(labels)
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    path = os.path.join(directory, f"{name}_methods.png")
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    paths.append(path)
+    paths.append(_save(plt, fig, directory, f"{name}_methods.png"))
 
     fig, ax = plt.subplots(figsize=(7, 5))
     for r in rows:
@@ -637,12 +633,17 @@ def _write_plots(plt, directory: str, info: dict, rows: Sequence[dict]) -> list[
     ax.yaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
     ax.yaxis.set_minor_formatter(ticker.FormatStrFormatter("%g"))
     ax.set_title(title, fontsize=8)
+    paths.append(_save(plt, fig, directory, f"{name}_memory_vs_time.png"))
+    return paths
+
+
+def _save(plt, fig, directory: str, filename: str) -> str:
+    """Lay out, write as PNG and close ``fig``; returns the path."""
     fig.tight_layout()
-    path = os.path.join(directory, f"{name}_memory_vs_time.png")
+    path = os.path.join(directory, filename)
     fig.savefig(path, dpi=120)
     plt.close(fig)
-    paths.append(path)
-    return paths
+    return path
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -159,6 +159,12 @@ class _State:
     def __init__(self, y0, components: tuple[torch.Tensor, ...] | None):
         self.y0 = y0
         self.components = components
+        if components is None:
+            self.flat_y0, self.sizes, self.norm = y0, None, rms_norm
+        else:  # flattened once; the error norm is the max of the components' RMS norms
+            self.flat_y0 = torch.cat([c.reshape(-1) for c in components])
+            self.sizes = [c.numel() for c in components]
+            self.norm = mixed_rms_norm(self.sizes)
 
     @classmethod
     def of(cls, y0) -> "_State":
@@ -178,28 +184,9 @@ class _State:
             return cls(tuple(y0), tuple(y0))
         raise TypeError(f"y0 must be a tensor or a non-empty tuple of tensors, got {type(y0).__name__}")
 
-    @property
-    def flat_y0(self) -> torch.Tensor:
-        if self.components is None:
-            return self.y0
-        return torch.cat([c.reshape(-1) for c in self.components])
-
-    @property
-    def sizes(self) -> list[int]:
-        return [c.numel() for c in self.components]
-
     def split(self, flat: torch.Tensor, lead: tuple[int, ...] = ()) -> tuple[torch.Tensor, ...]:
         parts = torch.split(flat, self.sizes, dim=-1)
         return tuple(p.reshape(*lead, *c.shape) for p, c in zip(parts, self.components))
-
-    def norm(self, x: torch.Tensor) -> torch.Tensor:
-        return rms_norm(x) if self.components is None else self._mixed(x)
-
-    @property
-    def _mixed(self):
-        if not hasattr(self, "_mixed_norm"):
-            self._mixed_norm = mixed_rms_norm(self.sizes)
-        return self._mixed_norm
 
     def tolerance(self, tol, name: str):
         """A tolerance as a float or a tensor shaped like the (flat) state."""

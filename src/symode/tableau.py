@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from functools import cached_property
 from numbers import Real
-from typing import Sequence
 
 __all__ = ["ButcherTableau"]
 
@@ -185,7 +184,3 @@ class ButcherTableau:
         kind = f"adaptive {self.order}({self.error_order})" if self.adaptive else f"order {self.order}"
         return f"ButcherTableau({self.name!r}, {self.num_stages} stages, {kind})"
 
-
-def fractions(*values: str | int) -> tuple[Fraction, ...]:
-    """``fractions("1/2", "3/4")`` -> exact coefficients (a helper for writing tableaus)."""
-    return tuple(Fraction(v) for v in values)
