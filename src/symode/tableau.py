@@ -15,7 +15,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from fractions import Fraction
-from functools import cached_property
 from numbers import Real
 
 __all__ = ["ButcherTableau"]
@@ -65,6 +64,14 @@ class ButcherTableau:
     Python floats. Construction raises ``ValueError``/``TypeError`` if the tableau is not a
     consistent explicit method (row sums ``sum_j a[i][j] == c[i]``, ``sum(b) == 1``,
     ``sum(b_err) == 0``).
+
+    Derived attributes (computed once, at construction):
+        fsal: First Same As Last: the last stage is evaluated at ``(t_{n+1}, y_{n+1})``, so
+            it equals the first stage of the next step.
+        a_terms: for each stage ``i`` the nonzero ``(j, a[i][j])``; ``b_terms``,
+            ``b_err_terms``: the nonzero ``(i, b[i])`` and ``(i, b_err[i])``.
+        solution_stages: the stages that influence ``y_{n+1}`` (ascending); a trailing stage
+            used only by the error estimate (dopri5's FSAL stage) is not among them.
     """
 
     name: str
@@ -133,6 +140,7 @@ class ButcherTableau:
         object.__setattr__(self, "a", tuple(rows))
         object.__setattr__(self, "b", b)
         object.__setattr__(self, "b_err", b_err)
+        self._derive()
 
     # ----------------------------------------------------------------------------------
     # derived facts
@@ -145,40 +153,26 @@ class ButcherTableau:
         """Whether the method has an error estimate (and so supports adaptive steps)."""
         return self.b_err is not None
 
-    @cached_property
-    def fsal(self) -> bool:
-        """First Same As Last: the last stage is evaluated at ``(t_{n+1}, y_{n+1})``, so it
-        equals the first stage of the next step."""
-        s = self.num_stages
-        return (s > 1 and self.c[-1] == 1.0 and self.b[-1] == 0.0
-                and all(self.a[-1][j] == self.b[j] for j in range(s - 1)))
-
-    @cached_property
-    def a_terms(self) -> tuple[tuple[tuple[int, float], ...], ...]:
-        """For each stage ``i`` the nonzero ``(j, a[i][j])``."""
-        return tuple(tuple((j, aij) for j, aij in enumerate(row) if aij != 0.0) for row in self.a)
-
-    @cached_property
-    def b_terms(self) -> tuple[tuple[int, float], ...]:
-        return tuple((i, bi) for i, bi in enumerate(self.b) if bi != 0.0)
-
-    @cached_property
-    def b_err_terms(self) -> tuple[tuple[int, float], ...]:
-        return () if self.b_err is None else tuple((i, e) for i, e in enumerate(self.b_err) if e != 0.0)
-
-    @cached_property
-    def solution_stages(self) -> tuple[int, ...]:
-        """The stages that influence ``y_{n+1}`` (ascending).
-
-        Stage ``i`` matters if ``b[i] != 0`` or a later stage that matters uses ``k_i``.
-        A trailing stage used only by the error estimate (the FSAL stage of dopri5, bosh3,
-        tsit5) is not among them: an adjoint sweep never needs it.
-        """
-        needed = [False] * self.num_stages
-        for i in reversed(range(self.num_stages)):
-            needed[i] = self.b[i] != 0.0 or any(
-                needed[j] and self.a[j][i] != 0.0 for j in range(i + 1, self.num_stages))
-        return tuple(i for i in range(self.num_stages) if needed[i])
+    # (fsal, a_terms, b_terms, b_err_terms, solution_stages: computed once in __post_init__,
+    # as plain attributes, so that torch.compile can read them)
+    def _derive(self) -> None:
+        s, a, b = len(self.c), self.a, self.b
+        fsal = s > 1 and self.c[-1] == 1.0 and b[-1] == 0.0 and all(a[-1][j] == b[j] for j in range(s - 1))
+        # Stage i influences y_{n+1} if b[i] != 0 or a later stage that does uses k_i; a trailing
+        # stage used only by the error estimate (dopri5's, bosh3's, tsit5's FSAL stage) does not,
+        # and an adjoint sweep never needs it.
+        needed = [False] * s
+        for i in reversed(range(s)):
+            needed[i] = b[i] != 0.0 or any(needed[j] and a[j][i] != 0.0 for j in range(i + 1, s))
+        derived = {
+            "fsal": fsal,
+            "a_terms": tuple(tuple((j, aij) for j, aij in enumerate(row) if aij != 0.0) for row in a),
+            "b_terms": tuple((i, bi) for i, bi in enumerate(b) if bi != 0.0),
+            "b_err_terms": () if self.b_err is None else tuple((i, e) for i, e in enumerate(self.b_err) if e != 0.0),
+            "solution_stages": tuple(i for i in range(s) if needed[i]),
+        }
+        for name, value in derived.items():
+            object.__setattr__(self, name, value)
 
     def __repr__(self) -> str:
         kind = f"adaptive {self.order}({self.error_order})" if self.adaptive else f"order {self.order}"
