@@ -42,19 +42,30 @@ def stage_time(tableau: ButcherTableau, i: int, t: float, t_next: float, h: floa
 def combine(y: torch.Tensor | None, h: float, terms: Sequence[tuple[int, float]],
             ks: Sequence[torch.Tensor | None], dh: torch.Tensor | None = None) -> torch.Tensor:
     """``y + h * sum_j w_j k_j`` over ``terms = ((j, w_j), ...)`` (``y=None``: just
-    ``h * sum``). The weighted sum is formed first and added to ``y`` once, so that the
-    increment, small against ``y``, is rounded once (in float32 this keeps the solution an
-    order of magnitude closer to the float64 one than adding term by term).
-    ``dh``: a zero-valued tensor carrying the gradient of ``h``."""
+    ``h * sum``).
+
+    The sum is formed first and added to ``y`` once, so that the increment, small against
+    ``y``, is rounded once (in float32 this keeps the solution an order of magnitude closer to
+    the float64 one than adding term by term). It is formed relative to the largest weight
+    ``w_p``: ``y + (h w_p) * (k_p + sum_{j != p} (w_j / w_p) k_j)``, one tensor operation per
+    term (a single term is one ``add``), which is what the forward and the backward passes pay
+    per combination. ``dh``: a zero-valued tensor carrying the gradient of ``h``. ``h`` may be
+    a 0-dim tensor (a compiled step, where a Python float would be specialised on)."""
     if not terms:  # a stage that uses no earlier stage (a row of zeros)
         return y
-    (j, w), rest = terms[0], terms[1:]
-    total = ks[j] * w
-    for j, w in rest:
-        total = total.add(ks[j], alpha=w)
-    out = total * h if y is None else y.add(total, alpha=h)
+    p, wp = max(terms, key=lambda term: abs(term[1]))
+    total = ks[p]
+    for j, w in terms:
+        if j != p:
+            total = total.add(ks[j], alpha=w / wp)
+    if y is None:
+        out = total * (h * wp)
+    elif isinstance(h, torch.Tensor):
+        out = y + total * (h * wp)
+    else:
+        out = y.add(total, alpha=h * wp)
     if dh is not None:
-        out = out + total * dh
+        out = out + total * (dh * wp)
     return out
 
 
