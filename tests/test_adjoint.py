@@ -326,8 +326,10 @@ def test_odeint_adjoint_signature_is_torchdiffeqs():
     import inspect
 
     params = inspect.signature(odeint_adjoint).parameters
+    # torchdiffeq's parameters in its order, then symode's own keyword (compile)
     assert list(params) == ["func", "y0", "t", "rtol", "atol", "method", "options", "adjoint_rtol",
-                            "adjoint_atol", "adjoint_method", "adjoint_options", "adjoint_params"]
+                            "adjoint_atol", "adjoint_method", "adjoint_options", "adjoint_params", "compile"]
+    assert params["compile"].kind is inspect.Parameter.KEYWORD_ONLY and params["compile"].default is False
     assert params["rtol"].default == 1e-7 and params["atol"].default == 1e-9
     assert params["method"].default == "dopri5"
     assert symode.odeint_adjoint is odeint_adjoint and symode.ContinuousAdjoint is ContinuousAdjoint

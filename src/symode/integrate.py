@@ -9,6 +9,7 @@ logic always runs without gradient.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -84,7 +85,7 @@ def integrate(rhs: Callable[[float, torch.Tensor], torch.Tensor], y0: torch.Tens
               t_out: Sequence[float], tableau: ButcherTableau, steps: FixedSteps | AdaptiveSteps | RecordedSteps,
               *, rtol=None, atol=None, norm=None, keep_states: bool = False, keep_stages: bool = False,
               stats: Stats | None = None, f0: torch.Tensor | None = None,
-              time_carriers: Sequence[torch.Tensor] | None = None) -> Trajectory:
+              time_carriers: Sequence[torch.Tensor] | None = None, step: Callable | None = None) -> Trajectory:
     """Solve from ``y0`` at ``t_out[0]`` through the output times ``t_out``.
 
     ``rhs(t, y)`` takes a float time; ``rtol``/``atol`` (floats or tensors shaped like
@@ -92,9 +93,13 @@ def integrate(rhs: Callable[[float, torch.Tensor], torch.Tensor], y0: torch.Tens
     record the state/the stage states at every accepted step. ``time_carriers[k]``: a
     zero-valued tensor carrying the gradient of ``t_out[k]`` into the graph (see
     ``symode.runge_kutta``), for backpropagation with respect to the output times. ``f0 = rhs(t_out[0], y0)`` may be
-    passed if already evaluated. Raises ``SolveError`` if the solve cannot succeed.
+    passed if already evaluated. ``step``: takes the steps instead of
+    ``rk_step(rhs, tableau, ...)``, with its signature (``symode.compiled.CompiledStep``).
+    Raises ``SolveError`` if the solve cannot succeed.
     """
     stats = Stats() if stats is None else stats
+    if step is None:
+        step = functools.partial(rk_step, rhs, tableau)
     t = float(t_out[0])
     y = y0
     ts = [t]
@@ -125,7 +130,7 @@ def integrate(rhs: Callable[[float, torch.Tensor], torch.Tensor], y0: torch.Tens
         points, idx, point_anchors = steps.plan(t_out)
         k1 = f0
         for n, t_next in enumerate(points[1:]):
-            y, _, ks, Ys = rk_step(rhs, tableau, t, t_next, y, k1, with_error=False, keep_stage_states=keep_stages,
+            y, _, ks, Ys = step(t, t_next, y, k1, with_error=False, keep_stage_states=keep_stages,
                                    dts=carriers(point_anchors[n], point_anchors[n + 1]))
             k1 = ks[-1] if fsal else None
             t = t_next
@@ -175,7 +180,7 @@ def integrate(rhs: Callable[[float, torch.Tensor], torch.Tensor], y0: torch.Tens
             clipped = direction * (target - t_next) <= 0.01 * h
             if clipped:
                 t_next = target
-            y_next, err, ks, Ys = rk_step(rhs, tableau, t, t_next, y, k1, keep_stage_states=keep_stages,
+            y_next, err, ks, Ys = step(t, t_next, y, k1, keep_stage_states=keep_stages,
                                           dts=carriers(anchors[-1], k + 1 if clipped else k))
             with torch.no_grad():
                 scale = atol + rtol * torch.maximum(y.detach().abs(), y_next.detach().abs())

@@ -41,10 +41,11 @@ class Problem:
     params_explicit: bool = False
     stats: Stats = field(default_factory=Stats)
     t: torch.Tensor | None = None  # the output times as the user gave them (for their gradient)
+    compile: bool = False  # take the forward steps with torch.compile (symode.compiled)
 
     def time(self, t: float) -> torch.Tensor:
         """The time tensor handed to ``func``: 0-dim, of the state's dtype and device."""
-        return torch.tensor(t, dtype=self.y0.dtype, device=self.y0.device)
+        return torch.scalar_tensor(t, dtype=self.y0.dtype, device=self.y0.device)
 
     def rhs(self, counter: str = "nfe_forward") -> Callable[..., torch.Tensor]:
         """``rhs(t_float, y, dt=None)``, counting each call in ``stats.<counter>``; ``dt``
@@ -59,10 +60,15 @@ class Problem:
     def integrate(self, y0: torch.Tensor | None = None, *, keep_states: bool = False,
                   keep_stages: bool = False, f0: torch.Tensor | None = None,
                   time_carriers=None) -> Trajectory:
-        """Run the time loop from ``y0`` (default: the problem's), counting forward calls."""
-        return integrate(self.rhs(), self.y0 if y0 is None else y0, self.t_out, self.tableau, self.steps,
+        """Run the time loop from ``y0`` (default: the problem's), counting forward calls;
+        with ``compile``, its steps are compiled (``symode.compiled``)."""
+        rhs, step = self.rhs(), None
+        if self.compile:
+            from .compiled import CompiledStep
+            step = CompiledStep(self.func, rhs, self.tableau, self.stats, "nfe_forward", self.y0.dtype, self.y0.device)
+        return integrate(rhs, self.y0 if y0 is None else y0, self.t_out, self.tableau, self.steps,
                          rtol=self.rtol, atol=self.atol, norm=self.norm, keep_states=keep_states,
-                         keep_stages=keep_stages, stats=self.stats, f0=f0, time_carriers=time_carriers)
+                         keep_stages=keep_stages, stats=self.stats, f0=f0, time_carriers=time_carriers, step=step)
 
     @property
     def wants_time_grad(self) -> bool:

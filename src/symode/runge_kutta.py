@@ -90,7 +90,8 @@ def stage_time_perturbation(tableau: ButcherTableau, i: int, dts) -> torch.Tenso
 
 def rk_step(rhs: Rhs, tableau: ButcherTableau, t: float, t_next: float, y: torch.Tensor,
             k1: torch.Tensor | None = None, *, with_error: bool = True,
-            stages: Sequence[int] | None = None, dts=None, keep_stage_states: bool = False):
+            stages: Sequence[int] | None = None, dts=None, keep_stage_states: bool = False,
+            h: torch.Tensor | None = None, times: Sequence[torch.Tensor] | None = None):
     """Take one step ``t -> t_next`` from ``y``.
 
     Args:
@@ -102,12 +103,15 @@ def rk_step(rhs: Rhs, tableau: ButcherTableau, t: float, t_next: float, y: torch
         dts: zero-valued carriers of the gradients of ``t`` and ``t_next`` (module docstring).
         keep_stage_states: return every stage state; otherwise each is dropped once its
             derivative is evaluated (``Ys`` then holds ``None`` but for an FSAL last stage).
+        h, times: the step size (a 0-dim tensor) and the time handed to ``rhs`` for each
+            stage, given instead of ``t``/``t_next`` by a compiled step (``symode.compiled``).
 
     Returns ``(y_next, error_or_None, ks, Ys)``: ``ks[i]``/``Ys[i]`` are the stage
     derivatives/states, ``None`` for stages not evaluated. For an FSAL tableau the last
     stage state *is* ``y_next`` (the same tensor), so the next step's ``k1 = ks[-1]``.
     """
-    h = t_next - t
+    if h is None:
+        h = t_next - t
     s = tableau.num_stages
     if stages is None:
         stages = range(s) if (with_error or tableau.fsal) else tableau.solution_stages
@@ -120,6 +124,8 @@ def rk_step(rhs: Rhs, tableau: ButcherTableau, t: float, t_next: float, y: torch
             Ys[i] = Yi
         if i == 0 and k1 is not None:
             ks[0] = k1
+        elif times is not None:
+            ks[i] = rhs(times[i], Yi)
         elif dts is None:
             ks[i] = rhs(stage_time(tableau, i, t, t_next, h), Yi)
         else:
