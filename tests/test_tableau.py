@@ -239,6 +239,24 @@ def test_solution_stages(name, tableau):
         assert tableau.solution_stages == tuple(range(s))
 
 
+@pytest.mark.parametrize("name,tableau", ALL, ids=[n for n, _ in ALL])
+def test_sums_relative_to_the_largest_weight_give_back_the_weights(name, tableau):
+    rows = [(tableau.a[i], tableau.a_sums[i]) for i in range(tableau.num_stages)] + [(tableau.b, tableau.b_sum)]
+    if tableau.b_err is not None:
+        rows.append((tableau.b_err, tableau.b_err_sum))
+    for weights, form in rows:
+        nonzero = {j: w for j, w in enumerate(weights) if w != 0.0}
+        if not nonzero:
+            assert form is None
+            continue
+        p, wp, rest = form
+        assert wp == nonzero[p] and abs(wp) == max(abs(w) for w in nonzero.values())
+        rebuilt = {p: wp, **{j: wp * r for j, r in rest}}
+        assert rebuilt.keys() == nonzero.keys()
+        for j, w in nonzero.items():
+            assert rebuilt[j] == pytest.approx(w, rel=1e-15)
+
+
 def test_solution_stages_dopri8_and_rk4():
     assert TABLEAUS["rk4"].solution_stages == (0, 1, 2, 3)
     d8 = TABLEAUS["dopri8"]

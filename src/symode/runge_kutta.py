@@ -39,10 +39,11 @@ def stage_time(tableau: ButcherTableau, i: int, t: float, t_next: float, h: floa
     return t + ci * h
 
 
-def combine(y: torch.Tensor | None, h: float, terms: Sequence[tuple[int, float]],
-            ks: Sequence[torch.Tensor | None], dh: torch.Tensor | None = None) -> torch.Tensor:
-    """``y + h * sum_j w_j k_j`` over ``terms = ((j, w_j), ...)`` (``y=None``: just
-    ``h * sum``).
+def combine(y: torch.Tensor | None, h: float, weights, ks: Sequence[torch.Tensor | None],
+            dh: torch.Tensor | None = None) -> torch.Tensor:
+    """``y + h * sum_j w_j k_j`` (``y=None``: just ``h * sum``), with the weights given as
+    ``(p, w_p, ((j, w_j / w_p), ...))`` (``tableau.a_sums[i]``, ``b_sum``, ``b_err_sum``;
+    ``None``: no terms).
 
     The sum is formed first and added to ``y`` once, so that the increment, small against
     ``y``, is rounded once (in float32 this keeps the solution an order of magnitude closer to
@@ -51,13 +52,12 @@ def combine(y: torch.Tensor | None, h: float, terms: Sequence[tuple[int, float]]
     term (a single term is one ``add``), which is what the forward and the backward passes pay
     per combination. ``dh``: a zero-valued tensor carrying the gradient of ``h``. ``h`` may be
     a 0-dim tensor (a compiled step, where a Python float would be specialised on)."""
-    if not terms:  # a stage that uses no earlier stage (a row of zeros)
+    if weights is None:  # a stage that uses no earlier stage (a row of zeros)
         return y
-    p, wp = max(terms, key=lambda term: abs(term[1]))
+    p, wp, rest = weights
     total = ks[p]
-    for j, w in terms:
-        if j != p:
-            total = total.add(ks[j], alpha=w / wp)
+    for j, w in rest:
+        total = total.add(ks[j], alpha=w)
     if y is None:
         out = total * (h * wp)
     elif isinstance(h, torch.Tensor):
@@ -72,7 +72,7 @@ def combine(y: torch.Tensor | None, h: float, terms: Sequence[tuple[int, float]]
 def stage_state(tableau: ButcherTableau, i: int, y: torch.Tensor, h: float,
                 ks: Sequence[torch.Tensor | None], dh: torch.Tensor | None = None) -> torch.Tensor:
     """The state ``Y_i = y + h * sum_{j<i} a_ij k_j`` of stage ``i``."""
-    return combine(y, h, tableau.a_terms[i], ks, dh)
+    return combine(y, h, tableau.a_sums[i], ks, dh)
 
 
 def stage_time_perturbation(tableau: ButcherTableau, i: int, dts) -> torch.Tensor | None:
@@ -133,11 +133,11 @@ def rk_step(rhs: Rhs, tableau: ButcherTableau, t: float, t_next: float, y: torch
     if tableau.fsal and Ys[-1] is not None:
         y_next = Ys[-1]
     else:
-        y_next = combine(y, h, tableau.b_terms, ks, dh)
+        y_next = combine(y, h, tableau.b_sum, ks, dh)
     error = None
     if with_error:
         if tableau.b_err is None:
             raise ValueError(f"method {tableau.name!r} has no error estimate (b_err is None)")
         with torch.no_grad():  # the error estimate only steers the step size: never differentiated
-            error = combine(None, h, tableau.b_err_terms, ks)
+            error = combine(None, h, tableau.b_err_sum, ks)
     return y_next, error, ks, Ys

@@ -44,6 +44,15 @@ def _as_vector(values, name: str) -> tuple[float, ...]:
     return tuple(_as_float(v, f"ButcherTableau.{name}[{i}]") for i, v in enumerate(values))
 
 
+def _relative_to_largest(terms):
+    """``(p, w_p, ((j, w_j / w_p) for the other terms))``, ``|w_p|`` the largest weight; ``None``
+    for no terms."""
+    if not terms:
+        return None
+    p, wp = max(terms, key=lambda term: abs(term[1]))
+    return p, wp, tuple((j, w / wp) for j, w in terms if j != p)
+
+
 @dataclass(frozen=True)
 class ButcherTableau:
     """An explicit Runge-Kutta method.
@@ -72,6 +81,9 @@ class ButcherTableau:
             ``b_err_terms``: the nonzero ``(i, b[i])`` and ``(i, b_err[i])``.
         solution_stages: the stages that influence ``y_{n+1}`` (ascending); a trailing stage
             used only by the error estimate (dopri5's FSAL stage) is not among them.
+        a_sums, b_sum, b_err_sum: the same sums as ``(p, w_p, ((j, w_j / w_p), ...))``,
+            relative to the largest weight ``w_p`` (``None`` for an empty sum): the form in
+            which ``symode.runge_kutta.combine`` evaluates them.
     """
 
     name: str
@@ -171,6 +183,9 @@ class ButcherTableau:
             "b_err_terms": () if self.b_err is None else tuple((i, e) for i, e in enumerate(self.b_err) if e != 0.0),
             "solution_stages": tuple(i for i in range(s) if needed[i]),
         }
+        derived["a_sums"] = tuple(_relative_to_largest(terms) for terms in derived["a_terms"])
+        derived["b_sum"] = _relative_to_largest(derived["b_terms"])
+        derived["b_err_sum"] = _relative_to_largest(derived["b_err_terms"])
         for name, value in derived.items():
             object.__setattr__(self, name, value)
 
