@@ -131,7 +131,7 @@ def measure(name: str, repeats: int, memory: bool, clock) -> None:
     if memory:
         print("\n| run | peak memory (MiB) |\n| --- | ---: |")
         for label, it in iterations.items():
-            print(f"| {label} | {peak_memory(it) / 2**20:.2f} |")
+            print(f"| {label} | {peak_memory(it).peak_mib:.2f} |")
 
 
 def main(argv=None) -> int:
