@@ -249,6 +249,16 @@ def to_markdown(res: dict) -> str:
     return "\n".join(lines)
 
 
+def add_run_arguments(p: argparse.ArgumentParser, repeat_check_help: str) -> None:
+    """The options every memory benchmark shares: device, seed, threads, the repeat check."""
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch intra-op threads (default 1: on a shared 2-core machine two threads are often "
+                        "10x slower; the memory figures do not depend on it)")
+    p.add_argument("--no-repeat-check", dest="repeat_check", action="store_false", help=repeat_check_help)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -257,13 +267,7 @@ def main(argv=None) -> int:
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
     p.add_argument("--width", type=int, default=860, help="hidden width W of the MLP 43 -> W -> W -> 43")
     p.add_argument("--method", default="rk4", help="a fixed-step method name (symode.TABLEAUS)")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch intra-op threads (default 1: on a shared 2-core machine two threads are often "
-                        "10x slower; the memory figures do not depend on it)")
-    p.add_argument("--no-repeat-check", dest="repeat_check", action="store_false",
-                   help="do not measure every case twice to check that the figure is identical")
+    add_run_arguments(p, "do not measure every case twice to check that the figure is identical")
     p.add_argument("--out", help="write the record here: markdown if PATH ends in .md, else JSON")
     args = p.parse_args(argv)
     args.steps = sorted(args.steps)

@@ -410,12 +410,7 @@ def main(argv=None) -> int:
     p.add_argument("--method", default="rk4", help="a fixed-step method name (symode.TABLEAUS)")
     p.add_argument("--max-checkpoints", type=int, default=10,
                    help="the cap of the capped symplectic adjoint (below the N given, so N grows past it)")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch intra-op threads (default 1; the memory figures do not depend on it)")
-    p.add_argument("--no-repeat-check", dest="repeat_check", action="store_false",
-                   help="do not measure every configuration again at the smallest N")
+    memory.add_run_arguments(p, "do not measure every configuration again at the smallest N")
     p.add_argument("--no-census", dest="census", action="store_false",
                    help="skip the census of the continuous adjoint's peak")
     p.add_argument("--out", help="write the record here: markdown if PATH ends in .md, else JSON")

@@ -386,12 +386,7 @@ def main(argv=None) -> int:
     p.add_argument("--fixed-steps", type=int, help=f"N of sweeps (b) and (c) (default {FULL['fixed_steps']})")
     p.add_argument("--depths", type=int, nargs="+", help=f"sweep (c): numbers of hidden layers L (default {FULL['depths']})")
     p.add_argument("--gradients", nargs="+", choices=GRADIENTS, default=list(GRADIENTS))
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch intra-op threads (default 1; the memory figures do not depend on it)")
-    p.add_argument("--no-repeat-check", dest="repeat_check", action="store_false",
-                   help="do not measure the first point of every sweep twice to check that the bytes repeat")
+    memory.add_run_arguments(p, "do not measure the first point of every sweep twice to check that the bytes repeat")
     p.add_argument("--plot", metavar="DIR", help="write DIR/scaling.png (needs matplotlib)")
     p.add_argument("--out", help="write the record here: markdown if PATH ends in .md, else JSON")
     args = p.parse_args(argv)
