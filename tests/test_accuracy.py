@@ -209,11 +209,13 @@ def test_adaptive_matches_scipy(name, problem):
             f"{name} on {problem} at rtol={rtol}: error is {units.max():.1f} tolerance units "
             f"(bound {bound}); per output time: {units.max(axis=1).round(2)}")
         max_errors.append(np.abs(ys - ref).max())
-    # tightening the tolerance must pay off: the error shrinks at every step, and over the
-    # whole range at least like sqrt(tolerance) (seen: about like the tolerance itself)
+    # tightening the tolerance must pay off: the error does not grow from one tolerance to the
+    # next (up to 10%: dopri8's conservative estimate leaves the linear problem ~1e-7 at both
+    # rtol 1e-4 and 1e-6, a thousandth of the looser tolerance), and over the whole range it
+    # shrinks at least like sqrt(tolerance) (seen: about like the tolerance itself)
     rtols = _rtols(name)
     detail = f"{name} on {problem}: errors {[f'{e:.2e}' for e in max_errors]} at rtol {rtols}"
-    assert all(e2 < e1 for e1, e2 in zip(max_errors, max_errors[1:])), detail
+    assert all(e2 < 1.1 * e1 for e1, e2 in zip(max_errors, max_errors[1:])), detail
     assert max_errors[-1] <= max_errors[0] * math.sqrt(rtols[-1] / rtols[0]), detail
 
 

@@ -151,8 +151,11 @@ class AdaptiveSteps:
     RMS norm (for tuple states: the largest RMS over the components). The next step is
     ``h * clip(safety * r_n**(-(icoeff + pcoeff)/k) * r_{n-1}**(pcoeff/k), dfactor, ifactor)``
     with ``k = error_order + 1`` and ``r`` the error ratios of the last two accepted steps:
-    ``controller="pi"`` uses Hairer's PI gains (icoeff 0.3, pcoeff 0.4), ``"i"`` the classic
-    integral controller (1, 0). After a rejection the step shrinks by
+    ``controller="i"`` (the default, as in torchdiffeq, scipy, torchode and diffrax) is the
+    classic integral controller (icoeff 1, pcoeff 0); ``"pi"`` uses Hairer's PI gains (0.3,
+    0.4), smoother where the step size oscillates but slower to grow the step on easy stretches
+    (about 5 steps where the integral controller takes 3 on ``symode bench``'s default
+    problem). After a rejection the step shrinks by
     ``max(dfactor, safety * r**(-1/k))`` and does not grow on the next accepted step.
 
     ``rtol``/``atol`` are positive scalars or tensors broadcastable to the state (a tuple of
@@ -164,7 +167,7 @@ class AdaptiveSteps:
     rtol: float | torch.Tensor = 1e-7
     atol: float | torch.Tensor = 1e-9
     first_step: float | None = None
-    controller: str = "pi"
+    controller: str = "i"
     safety: float = 0.9
     ifactor: float = 10.0
     dfactor: float = 0.2
