@@ -13,6 +13,12 @@ size). Evaluations are counted outside the graph. The compiled graphs are cached
 ``torch.compile`` (per code, guarded on the tableau, ``func``, shapes, dtype and grad mode):
 the first solve of a configuration compiles (seconds), later ones reuse it.
 
+Limit: torch.compile cannot differentiate its graphs twice. A ``func`` that differentiates
+itself with ``create_graph=True`` (a continuous normalizing flow's trace estimate) cannot be
+backpropagated through a compiled solve: torch raises "torch.compile with aot_autograd does
+not currently support double backward" in ``.backward()``. The adjoint methods (whose forward
+pass records no graph) compile such a ``func`` fine.
+
 Scope: the forward steps of every gradient method (backprop records the compiled graph;
 the adjoint methods run it without gradient). A step that carries the gradient of the output
 times, or that keeps its stage states (``SymplecticAdjoint(store_stages=True)``), and the

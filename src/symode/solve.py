@@ -78,7 +78,8 @@ def solve(func: Callable, y0, t, *, method: str | ButcherTableau = "dopri5",
         compile: take the forward steps with ``torch.compile`` (``symode.compiled``): for
             small networks, where per-operation overhead dominates, each step becomes one
             fused graph. The first solve compiles (seconds); results agree with an eager
-            solve to round-off.
+            solve to round-off. Not with backprop through a ``func`` that differentiates
+            itself (torch.compile has no double backward).
     """
     if not callable(func):
         raise TypeError(f"func must be callable as func(t, y), got {func!r}")
