@@ -1,6 +1,7 @@
 """torchdiffeq-style functions: ``odeint(func, y0, t, rtol, atol, method, options)``.
 
-``options`` is translated into a step-size rule once, here, with unknown keys rejected:
+``options`` is translated into a step-size rule once, by ``make_steps`` (in
+``symode.step_size``, re-exported here), with unknown keys rejected:
 
 * fixed steps: ``step_size`` (steps per output interval) or ``grid`` (step endpoints);
   any method, adaptive ones included, takes fixed steps when given one of them;
@@ -14,40 +15,12 @@ from typing import Callable, Mapping, Sequence
 
 import torch
 
-from .gradients import Checkpoint, OneCheckpoint, SymplecticAdjoint
-from .methods import get_tableau
+from .gradients import Checkpoint, ContinuousAdjoint, OneCheckpoint, SymplecticAdjoint
 from .solve import solve
-from .step_size import AdaptiveSteps, FixedSteps
+from .step_size import make_steps
 
 __all__ = ["odeint", "odeint_adjoint", "odeint_checkpoint", "odeint_onecheckpoint", "odeint_symplectic_adjoint",
            "make_steps"]
-
-_FIXED_OPTIONS = ("step_size", "grid")
-_ADAPTIVE_OPTIONS = ("first_step", "max_num_steps", "controller", "safety", "ifactor", "dfactor")
-
-
-def make_steps(method, rtol, atol, options: Mapping | None) -> FixedSteps | AdaptiveSteps:
-    """The step-size rule for ``method`` from torchdiffeq-style ``rtol``, ``atol``, ``options``."""
-    options = {} if options is None else options
-    if not isinstance(options, Mapping):
-        raise TypeError(f"options must be a dict, got {type(options).__name__}")
-    unknown = sorted(set(options) - set(_FIXED_OPTIONS) - set(_ADAPTIVE_OPTIONS))
-    if unknown:
-        raise ValueError(f"unknown option(s) {unknown}; symode's options are {list(_FIXED_OPTIONS)} for fixed "
-                         f"steps and {list(_ADAPTIVE_OPTIONS)} for adaptive steps")
-    tableau = get_tableau(method)
-    fixed = {k: options[k] for k in _FIXED_OPTIONS if options.get(k) is not None}
-    if fixed:
-        mixed = sorted(k for k in _ADAPTIVE_OPTIONS if k in options)
-        if mixed:
-            raise ValueError(f"option(s) {mixed} apply to adaptive steps, but {sorted(fixed)} asks for fixed steps; "
-                             f"give one or the other")
-        return FixedSteps(**fixed)
-    if not tableau.adaptive:
-        raise ValueError(f"method {tableau.name!r} takes fixed steps: give options={{'step_size': h}} "
-                         f"(or options={{'grid': times}}), or choose an adaptive method such as 'dopri5'")
-    return AdaptiveSteps(rtol=rtol, atol=atol, **options)
-
 
 def odeint(func: Callable, y0, t, *, rtol=1e-7, atol=1e-9, method="dopri5",
            options: Mapping | None = None, gradient="backprop",
@@ -102,7 +75,6 @@ def odeint_adjoint(func: Callable, y0, t, *, rtol=1e-7, atol=1e-9, method="dopri
     the backward solve. ``adjoint_rtol``/``adjoint_atol``/``adjoint_method``/``adjoint_options``
     set the backward solve (``None``: as the forward one); ``adjoint_options`` may hold
     ``"norm": "seminorm"`` to leave the parameter gradients out of its error control."""
-    from .gradients.adjoint import ContinuousAdjoint
     norm = "default"
     if adjoint_options is not None:
         if not isinstance(adjoint_options, Mapping):

@@ -12,11 +12,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from numbers import Integral, Real
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import torch
 
-__all__ = ["FixedSteps", "AdaptiveSteps", "RecordedSteps", "rms_norm", "mixed_rms_norm"]
+from .methods import get_tableau
+
+__all__ = ["FixedSteps", "AdaptiveSteps", "RecordedSteps", "rms_norm", "mixed_rms_norm", "make_steps"]
 
 Norm = Callable[[torch.Tensor], torch.Tensor]
 
@@ -260,3 +262,32 @@ def initial_step(rhs, t0: float, y0: torch.Tensor, f0: torch.Tensor, direction: 
         else:
             h1 = (0.01 / max(d1, d2)) ** (1.0 / (error_order + 1))
         return min(100 * h0, h1, span)
+
+
+# --------------------------------------------------------------------------------------
+# torchdiffeq-style options
+_FIXED_OPTIONS = ("step_size", "grid")
+_ADAPTIVE_OPTIONS = ("first_step", "max_num_steps", "controller", "safety", "ifactor", "dfactor")
+
+
+def make_steps(method, rtol, atol, options: Mapping | None) -> FixedSteps | AdaptiveSteps:
+    """The step-size rule for ``method`` from torchdiffeq-style ``rtol``, ``atol``, ``options``."""
+    options = {} if options is None else options
+    if not isinstance(options, Mapping):
+        raise TypeError(f"options must be a dict, got {type(options).__name__}")
+    unknown = sorted(set(options) - set(_FIXED_OPTIONS) - set(_ADAPTIVE_OPTIONS))
+    if unknown:
+        raise ValueError(f"unknown option(s) {unknown}; symode's options are {list(_FIXED_OPTIONS)} for fixed "
+                         f"steps and {list(_ADAPTIVE_OPTIONS)} for adaptive steps")
+    tableau = get_tableau(method)
+    fixed = {k: options[k] for k in _FIXED_OPTIONS if options.get(k) is not None}
+    if fixed:
+        mixed = sorted(k for k in _ADAPTIVE_OPTIONS if k in options)
+        if mixed:
+            raise ValueError(f"option(s) {mixed} apply to adaptive steps, but {sorted(fixed)} asks for fixed steps; "
+                             f"give one or the other")
+        return FixedSteps(**fixed)
+    if not tableau.adaptive:
+        raise ValueError(f"method {tableau.name!r} takes fixed steps: give options={{'step_size': h}} "
+                         f"(or options={{'grid': times}}), or choose an adaptive method such as 'dopri5'")
+    return AdaptiveSteps(rtol=rtol, atol=atol, **options)

@@ -39,7 +39,7 @@ import torch
 from ..integrate import Stats, Trajectory, integrate
 from ..methods import get_tableau
 from ..problem import Problem
-from ..step_size import AdaptiveSteps, FixedSteps, _check_tolerance, rms_norm
+from ..step_size import AdaptiveSteps, FixedSteps, _check_tolerance, make_steps, rms_norm
 from ..tableau import ButcherTableau
 from ._recording import RecordingMethod
 
@@ -294,9 +294,7 @@ def _state_tolerance(tol, name: str, y0: torch.Tensor):
 
 
 def _steps_from_options(method, rtol, atol, options: Mapping) -> FixedSteps | AdaptiveSteps:
-    """``odeint``'s translation of options into a step rule. Imported here, not at the top:
-    ``symode.compat`` imports ``symode.solve``, which imports this package."""
-    from ..compat import make_steps
+    """``odeint``'s translation of options into a step rule."""
     try:
         return make_steps(method, rtol, atol, options)
     except (TypeError, ValueError) as e:
