@@ -56,26 +56,13 @@ import time
 import torch
 
 import symode
+from symode.problems import MLPField
 from symode.profiling import peak_memory
 
 DIM = 43
 MiB = 2**20
 METHODS = ("backprop", "symplectic_adjoint")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
-
-
-class MLP(torch.nn.Module):
-    """``dy/dt = net(y)``: ``dim -> width -> width -> dim`` with softplus."""
-
-    def __init__(self, dim: int, width: int):
-        super().__init__()
-        self.net = torch.nn.Sequential(
-            torch.nn.Linear(dim, width), torch.nn.Softplus(),
-            torch.nn.Linear(width, width), torch.nn.Softplus(),
-            torch.nn.Linear(width, dim))
-
-    def forward(self, t, y):
-        return self.net(y)
 
 
 def num_stages(method: str) -> int:
@@ -158,7 +145,7 @@ def setup(args):
     torch.manual_seed(args.seed)
     dtype = DTYPES[args.dtype]
     device = torch.device(args.device)
-    func = MLP(DIM, args.width).to(device=device, dtype=dtype)
+    func = MLPField(DIM, args.width).to(device=device, dtype=dtype)
     y0 = torch.randn(args.batch, DIM, dtype=dtype, device=device).requires_grad_(True)
     t = torch.tensor([0.0, 1.0], dtype=dtype, device=device)
     itemsize = torch.empty((), dtype=dtype).element_size()

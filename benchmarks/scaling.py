@@ -98,7 +98,7 @@ QUICK = {"width": 32, "batch": 16, "steps": [2, 4, 8], "method": "rk4", "depth":
 
 class DeepMLP(torch.nn.Module):
     """``dy/dt = net(y)``: ``dim -> width -> ... -> width -> dim`` with ``depth`` hidden layers
-    (``depth - 1`` square ones), softplus after each; ``depth = 2`` is ``memory.MLP``."""
+    (``depth - 1`` square ones), softplus after each; ``depth = 2`` is ``symode.problems.MLPField``."""
 
     def __init__(self, dim: int, width: int, depth: int):
         super().__init__()

@@ -19,17 +19,7 @@ import time
 import torch
 
 import symode
-
-
-class MLP(torch.nn.Module):
-    def __init__(self, dim: int, width: int):
-        super().__init__()
-        self.net = torch.nn.Sequential(torch.nn.Linear(dim, width), torch.nn.Softplus(),
-                                       torch.nn.Linear(width, width), torch.nn.Softplus(),
-                                       torch.nn.Linear(width, dim))
-
-    def forward(self, t, y):
-        return self.net(y)
+from symode.problems import MLPField
 
 
 def main(argv=None) -> int:
@@ -47,7 +37,7 @@ def main(argv=None) -> int:
     clock = time.perf_counter if args.clock == "wall" else time.process_time
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    func = MLP(43, args.width)
+    func = MLPField(43, args.width)
     y0 = torch.randn(args.batch, 43, requires_grad=True)
     t = torch.tensor([0.0, 1.0])
     methods = {"backprop": symode.Backprop(), "checkpoint": symode.Checkpoint(),

@@ -23,6 +23,7 @@ import pytest
 import torch
 
 import symode
+from symode.problems import MLPField
 from symode.profiling import peak_memory
 
 DIM, WIDTH, BATCH = 43, 128, 32
@@ -34,18 +35,6 @@ ITEM = 8
 STATE = BATCH * DIM * ITEM                  # |y|
 HIDDEN = 4 * BATCH * WIDTH * ITEM           # H: hidden activations saved by one use of f
 ACTIVATIONS = HIDDEN + STATE                # A: ... plus its input
-
-
-class MLP(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.net = torch.nn.Sequential(
-            torch.nn.Linear(DIM, WIDTH), torch.nn.Softplus(),
-            torch.nn.Linear(WIDTH, WIDTH), torch.nn.Softplus(),
-            torch.nn.Linear(WIDTH, DIM))
-
-    def forward(self, t, y):
-        return self.net(y)
 
 
 def _iteration(func, y0, t, n_steps, gradient):
@@ -68,7 +57,7 @@ def measured():
 
 def _measure_all():
     torch.manual_seed(0)
-    func = MLP().to(DTYPE)
+    func = MLPField(DIM, WIDTH).to(DTYPE)
     y0 = torch.randn(BATCH, DIM, dtype=DTYPE).requires_grad_(True)
     t = torch.tensor([0.0, 1.0], dtype=DTYPE)
     theta = sum(p.numel() for p in func.parameters()) * ITEM
@@ -92,7 +81,7 @@ def _slopes(peaks, gradient):
 
 def test_sizes_match_the_network():
     assert STATE == 11_008 and HIDDEN == 131_072 and ACTIVATIONS == 142_080
-    assert sum(p.numel() for p in MLP().parameters()) * ITEM == 221_528
+    assert sum(p.numel() for p in MLPField(DIM, WIDTH).parameters()) * ITEM == 221_528
 
 
 def test_symplectic_adjoint_memory_vs_backprop(measured):
@@ -156,7 +145,7 @@ def test_memory_orders_as_the_theory_says_and_the_cap_is_flat():
     torch.set_num_threads(1)
     try:
         torch.manual_seed(0)
-        func = MLP().to(DTYPE)
+        func = MLPField(DIM, WIDTH).to(DTYPE)
         y0 = torch.randn(BATCH, DIM, dtype=DTYPE).requires_grad_(True)
         t = torch.tensor([0.0, 1.0], dtype=DTYPE)
         n = STEPS[-1]
