@@ -44,7 +44,7 @@ __all__ = ["CompiledStep"]
 def _step(func, tableau: ButcherTableau, values: torch.Tensor, y: torch.Tensor, k1, with_error: bool):
     """The step in tensors only: ``values`` = the ``s`` stage times then ``h``."""
     values = values.unbind()
-    y_next, error, ks, _ = rk_step(lambda t, Y: func(t, Y), tableau, None, None, y, k1, with_error=with_error,
+    y_next, error, ks, _ = rk_step(func, tableau, None, None, y, k1, with_error=with_error,
                                    h=values[-1], times=values)
     return y_next, error, ks
 
