@@ -11,8 +11,8 @@ import torch
 
 import symode
 from fields import CNF, Field
-from symode.compat import odeint_adjoint
-from symode.gradients.adjoint import ContinuousAdjoint
+from symode import odeint_adjoint
+from symode.gradients import ContinuousAdjoint
 
 DTYPE = torch.float64
 
@@ -74,7 +74,7 @@ def test_gradient_approaches_the_exact_one_as_the_tolerances_tighten():
     n = y0.numel()
     errors = []
     for tol in (1e-4, 1e-7, 1e-10):
-        got, sol = flat_grads(func, y0, t, ContinuousAdjoint(rtol=tol, atol=tol, method="dopri5", options={}))
+        got, sol = flat_grads(func, y0, t, ContinuousAdjoint(method="dopri5", steps=symode.AdaptiveSteps(rtol=tol, atol=tol)))
         errors.append((rel(got, ref), rel(got[:n], ref[:n]), rel(got[n:], ref[n:]), sol.stats.nfe_backward))
     (e1, *_, n1), (e2, *_, n2), (e3, ey0, eth, n3) = errors
     assert e1 > e2 > e3, errors
@@ -118,7 +118,7 @@ def test_several_output_times(times, norm):
     # a different weight for every output entry, so every output time's cotangent matters
     weights = [torch.rand(len(t), 2, 3, generator=torch.Generator().manual_seed(3), dtype=DTYPE)]
     ref, ref_sol = flat_grads(func, y0, t, "backprop", weights=weights)
-    got, sol = flat_grads(func, y0, t, ContinuousAdjoint(rtol=1e-10, atol=1e-10, options={}, norm=norm),
+    got, sol = flat_grads(func, y0, t, ContinuousAdjoint(steps=symode.AdaptiveSteps(rtol=1e-10, atol=1e-10), norm=norm),
                           weights=weights)
     assert torch.equal(sol.ys, ref_sol.ys)  # the forward solve is the same
     assert rel(got, ref) < 1e-8
@@ -145,7 +145,7 @@ def test_tuple_state():
     t = torch.tensor([1.0, 0.7, 0.0, -0.4], dtype=DTYPE)
     ref, _ = flat_grads(func, (x0, v0), t, "backprop")
     for norm in ("default", "seminorm"):
-        got, sol = flat_grads(func, (x0, v0), t, ContinuousAdjoint(rtol=1e-10, atol=1e-10, options={}, norm=norm))
+        got, sol = flat_grads(func, (x0, v0), t, ContinuousAdjoint(steps=symode.AdaptiveSteps(rtol=1e-10, atol=1e-10), norm=norm))
         assert isinstance(sol.ys, tuple) and sol.ys[0].shape == (4, 2, 2) and sol.ys[1].shape == (4, 2)
         assert rel(got, ref) < 1e-8
 
@@ -159,7 +159,7 @@ def test_vector_field_that_calls_autograd():
     t = torch.tensor([0.0, 1.0], dtype=DTYPE)
     func = CNF()
     ref, _ = flat_grads(func, (z0, logp0), t, "backprop")
-    got, _ = flat_grads(func, (z0, logp0), t, ContinuousAdjoint(rtol=1e-10, atol=1e-10, options={}))
+    got, _ = flat_grads(func, (z0, logp0), t, ContinuousAdjoint(steps=symode.AdaptiveSteps(rtol=1e-10, atol=1e-10)))
     assert rel(got, ref) < 1e-8
     # the log-density's gradient (second derivatives of the net) is part of it
     assert got.abs().sum() > 0
@@ -394,17 +394,28 @@ def test_odeint_adjoint_seminorm_option():
     ({"rtol": (1e-3, 1e-3)}, TypeError, "rtol must be a positive number or a tensor"),
     ({"method": "rk5"}, ValueError, "unknown method 'rk5'"),
     ({"method": 5}, TypeError, "method must be a method name"),
-    ({"options": 0.1}, TypeError, "options must be a dict"),
-    ({"options": {"stepsize": 0.1}}, ValueError, r"unknown option\(s\) \['stepsize'\]"),
-    ({"options": {"step_size": -0.1}}, ValueError, "step_size must be positive"),
-    ({"options": {"norm": "seminorm"}}, ValueError, "give the norm as norm="),
-    ({"method": "rk4", "options": {"first_step": 0.1}}, ValueError, "method 'rk4' takes fixed steps"),
+    ({"steps": {"step_size": 0.1}}, TypeError, "steps must be symode.FixedSteps or symode.AdaptiveSteps"),
+    ({"rtol": 1e-3, "steps": symode.AdaptiveSteps()}, ValueError, "give the tolerances there"),
+    ({"method": "rk4", "steps": symode.AdaptiveSteps(first_step=0.1)}, ValueError, "method 'rk4' takes fixed steps"),
     ({"norm": "max"}, ValueError, r"norm must be one of \['default', 'seminorm'\]"),
     ({"norm": None}, TypeError, "norm must be one of"),
 ])
 def test_bad_constructor_arguments(kwargs, error, match):
     with pytest.raises(error, match=match):
         ContinuousAdjoint(**kwargs)
+
+
+@pytest.mark.parametrize("kwargs,error,match", [
+    ({"adjoint_options": 0.1}, TypeError, "options must be a dict"),
+    ({"adjoint_options": {"stepsize": 0.1}}, ValueError, r"unknown option\(s\) \['stepsize'\]"),
+    ({"adjoint_options": {"step_size": -0.1}}, ValueError, "step_size must be positive"),
+    ({"adjoint_method": "rk4", "adjoint_options": {"first_step": 0.1}}, ValueError, "method 'rk4' takes fixed steps"),
+])
+def test_bad_adjoint_options(kwargs, error, match):
+    """torchdiffeq's adjoint_options dict is translated (and checked) by odeint_adjoint."""
+    y0 = randn(2, 3, seed=0).requires_grad_(True)
+    with pytest.raises(error, match=match):
+        odeint_adjoint(Field(), y0, torch.tensor([0.0, 1.0], dtype=DTYPE), **kwargs)
 
 
 def test_bad_arguments_at_solve_time():

@@ -1,11 +1,11 @@
-"""Tests for the binomial (revolve) checkpointing schedule in symode.checkpointing."""
+"""Tests for the binomial (revolve) checkpointing schedule in symode.gradients._revolve."""
 
 import functools
 import time
 
 import pytest
 
-from symode.checkpointing import _split_bounds, optimal_recomputations, reverse, split
+from symode.gradients._revolve import _split_bounds, optimal_recomputations, reverse, split
 
 
 @functools.lru_cache(maxsize=None)

@@ -1,4 +1,4 @@
-"""Tests for the ``symode`` command (symode.cli) on tiny configurations."""
+"""Tests for the ``symode`` command (symode.bench.cli) on tiny configurations."""
 
 import contextlib
 import csv
@@ -15,8 +15,8 @@ import pytest
 import torch
 
 import symode
-from symode import cli
-from symode.cli import DEFAULT_PROBLEM, Progress, default_gradients, gradient_label, main, parse_gradient
+from symode.bench import cli
+from symode.bench.cli import DEFAULT_PROBLEM, Progress, default_gradients, gradient_label, main, parse_gradient
 from symode.gradients import GRADIENT_METHODS, ContinuousAdjoint, SymplecticAdjoint
 
 TINY = ["--width", "16", "--batch", "4", "--repeats", "1", "--dtype", "float64", "--threads", "1"]
@@ -194,11 +194,11 @@ def test_peers_without_the_module_is_a_usage_error(monkeypatch, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["bench", "--peers"])
     assert exc.value.code == 2
-    assert "symode.peers" in capsys.readouterr().err
+    assert "symode.bench.peers" in capsys.readouterr().err
 
 
 class _FakePeers:
-    """A stand-in for symode.peers: 'fake:odeint' solves with symode, 'fake:broken' fails,
+    """A stand-in for symode.bench.peers: 'fake:odeint' solves with symode, 'fake:broken' fails,
     'fake:missing' is not installed."""
 
     @staticmethod

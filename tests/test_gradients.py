@@ -233,7 +233,7 @@ def test_backward_evaluations_per_step_of_every_stepwise_method():
     symplectic adjoint with stored stages only sweeps 6; with a memory cap it also recomputes
     steps (6 evaluations each) as many times as the binomial schedule says; one checkpoint
     re-runs the forward pass on the grid (1 + 6 per step)."""
-    from symode.checkpointing import optimal_recomputations
+    from symode.gradients._revolve import optimal_recomputations
 
     t = torch.tensor([0.0, 0.4, 1.0], dtype=torch.float64)
     steps = symode.AdaptiveSteps(rtol=1e-7, atol=1e-7)

@@ -1,6 +1,6 @@
 """Memory of the symplectic adjoint vs backprop through the solver (issue 2, small instance).
 
-The deterministic profiler measure (``symode.profiling.peak_memory``) makes peak memory exact
+The deterministic profiler measure (``symode.bench.peak_memory``) makes peak memory exact
 and repeatable, so it can be asserted. The full-size table (MLP 43 -> 860 -> 860 -> 43,
 N = 25 / 100 / 200) is ``benchmarks/memory.py``, recorded in ``benchmarks/RESULTS.md``.
 
@@ -23,8 +23,8 @@ import pytest
 import torch
 
 import symode
-from symode.problems import MLPField
-from symode.profiling import peak_memory
+from symode.bench import MLPField
+from symode.bench import peak_memory
 
 DIM, WIDTH, BATCH = 43, 128, 32
 DTYPE = torch.float64

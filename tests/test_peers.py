@@ -14,9 +14,9 @@ import torch
 
 import symode
 from fields import CNF, Field
-from symode import peers
+from symode.bench import peers
 from symode.gradients import GRADIENT_METHODS
-from symode.peers import PEERS, PeerUnsupported
+from symode.bench.peers import PEERS, PeerUnsupported
 
 DTYPE = torch.float64
 PEER_MODULES = ("torchdiffeq", "TorchDiffEqPack", "torchode", "torch_symplectic_adjoint")
@@ -46,7 +46,7 @@ def test_registry_is_well_formed():
 
 
 def test_importing_peers_imports_no_peer():
-    code = ("import sys, symode.peers, symode; "
+    code = ("import sys, symode.bench.peers, symode; "
             f"print([m for m in {PEER_MODULES!r} if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from symode import AdaptiveSteps, FixedSteps, SymplecticAdjoint
-from symode.problems import PROBLEMS, CNFBlock, CNFProblem, MLPProblem, SummedStats, get_problem
+from symode.bench.problems import PROBLEMS, CNFBlock, CNFProblem, MLPProblem, SummedStats, get_problem
 
 TINY = dict(batch=3, width=8, dtype=torch.float64)
 STEPS = AdaptiveSteps(rtol=1e-6, atol=1e-6)

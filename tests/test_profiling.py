@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.utils.checkpoint
 
-from symode.profiling import MemoryResult, TESTED_TORCH_VERSION, peak_memory
-from symode import profiling
+from symode.bench.memory import MemoryResult, TESTED_TORCH_VERSION, peak_memory
+from symode.bench import memory as profiling
 
 MiB = 2**20
 

@@ -1,4 +1,4 @@
-"""Tests of ButcherTableau and of the method catalogue in symode.methods.
+"""Tests of ButcherTableau and of the method catalogue in symode._methods.
 
 The order of every catalogued tableau is proved with the classical order conditions: for
 each rooted tree ``t`` with ``|t| <= p`` nodes, ``sum_i b_i Phi_i(t) == 1 / gamma(t)``, with
@@ -16,8 +16,8 @@ from functools import lru_cache
 import numpy as np
 import pytest
 
-from symode.methods import TABLEAUS, get_tableau
-from symode.tableau import ButcherTableau
+from symode import TABLEAUS, get_tableau
+from symode import ButcherTableau
 
 FSAL_METHODS = {"bosh3", "dopri5", "tsit5"}
 ORDER_TOL = 1e-12       # an order condition holds

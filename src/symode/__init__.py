@@ -1,21 +1,33 @@
-"""symode: explicit Runge-Kutta ODE solvers for PyTorch, differentiated exactly with minimal
-memory by the symplectic adjoint method."""
+"""symode: Runge-Kutta ODE solvers for PyTorch, differentiated exactly with minimal memory by
+the symplectic adjoint method.
 
-from .compat import (odeint, odeint_adjoint, odeint_checkpoint, odeint_onecheckpoint,
-                     odeint_symplectic_adjoint)
+The public API is what this module exports (``__all__``) and the subpackages
+``symode.gradients`` (the gradient methods and their extension contract) and
+``symode.bench`` (the benchmark toolkit). Modules whose names start with ``_`` are private.
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from ._compat import (make_steps, odeint, odeint_adjoint, odeint_checkpoint, odeint_onecheckpoint,
+                      odeint_symplectic_adjoint)
+from ._methods import TABLEAUS, get_tableau
+from ._solve import Solution, solve
+from ._state import StateLayout
+from ._stats import SolveError, Stats
+from ._step_size import DEFAULT_ATOL, DEFAULT_RTOL, AdaptiveSteps, FixedSteps
+from ._tableau import ButcherTableau
 from .gradients import (Backprop, Checkpoint, ContinuousAdjoint, GradientMethod, OneCheckpoint,
                         SymplecticAdjoint)
-from .integrate import SolveError, Stats
-from .methods import TABLEAUS, get_tableau
-from .solve import Solution, solve
-from .step_size import AdaptiveSteps, FixedSteps
-from .tableau import ButcherTableau
 
-__version__ = "0.1.0"
+try:
+    __version__ = version("torch-symode")
+except PackageNotFoundError:  # run from a source tree that was not installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "odeint", "odeint_adjoint", "odeint_checkpoint", "odeint_onecheckpoint", "odeint_symplectic_adjoint",
-    "solve", "Solution", "Stats", "SolveError",
+    "make_steps", "solve", "Solution", "Stats", "SolveError",
     "Backprop", "Checkpoint", "OneCheckpoint", "SymplecticAdjoint", "ContinuousAdjoint", "GradientMethod",
-    "FixedSteps", "AdaptiveSteps", "ButcherTableau", "TABLEAUS", "get_tableau",
+    "FixedSteps", "AdaptiveSteps", "DEFAULT_RTOL", "DEFAULT_ATOL", "ButcherTableau", "TABLEAUS", "get_tableau",
+    "StateLayout", "__version__",
 ]

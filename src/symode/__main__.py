@@ -1,7 +1,7 @@
-"""``python -m symode``: the ``symode`` command (see ``symode.cli``)."""
+"""``python -m symode``: the ``symode`` command."""
 
 import sys
 
-from .cli import main
+from .bench.cli import main
 
 sys.exit(main())

@@ -1,12 +1,30 @@
-"""Gradient methods: objects that say how a solve is differentiated."""
+"""Gradient methods: objects that say how a solve is differentiated, and the contract a new
+one implements.
 
-from .adjoint import ContinuousAdjoint
-from .backprop import Backprop
-from .base import GradientMethod
-from .checkpoint import Checkpoint, OneCheckpoint
-from .symplectic import SymplecticAdjoint
+The methods: :class:`Backprop`, :class:`Checkpoint`, :class:`OneCheckpoint`,
+:class:`SymplecticAdjoint` (exact: the gradient of the discrete solve, to round-off) and
+:class:`ContinuousAdjoint` (the gradient of the continuous problem, by a backward solve).
 
-__all__ = ["GradientMethod", "Backprop", "ContinuousAdjoint", "Checkpoint", "OneCheckpoint", "SymplecticAdjoint", "GRADIENT_METHODS", "get_gradient_method"]
+The extension contract (see :class:`GradientMethod`): a method receives an
+:class:`ODEProblem` (the validated problem: one flat state tensor, output times as floats,
+the tableau, the step rule, the parameters) and returns the stacked outputs and the
+:class:`Trajectory` of the time loop. :class:`RecordingMethod` and :class:`StepwiseMethod`
+are templates for methods with a backward pass of their own; :func:`vjp` is the one
+vector-Jacobian product they build on.
+"""
+
+from .._integrate import Trajectory
+from .._ivp import ODEProblem
+from ._adjoint import ContinuousAdjoint
+from ._backprop import Backprop
+from ._base import GradientMethod
+from ._checkpoint import Checkpoint, OneCheckpoint
+from ._recording import RecordingMethod, StepwiseMethod, vjp
+from ._symplectic import SymplecticAdjoint
+
+__all__ = ["GradientMethod", "Backprop", "ContinuousAdjoint", "Checkpoint", "OneCheckpoint", "SymplecticAdjoint",
+           "GRADIENT_METHODS", "get_gradient_method", "ODEProblem", "Trajectory", "RecordingMethod",
+           "StepwiseMethod", "vjp"]
 
 #: every gradient method of the package, by its shorthand name
 GRADIENT_METHODS: dict[str, type[GradientMethod]] = {
@@ -16,7 +34,7 @@ _ALIASES = {"symplectic": "symplectic_adjoint", "backprop_through_solver": "back
             "continuous_adjoint": "adjoint", "aca": "checkpoint", "onecheckpoint": "one_checkpoint"}
 
 
-def get_gradient_method(gradient) -> GradientMethod:
+def get_gradient_method(gradient: object) -> GradientMethod:
     """A ``GradientMethod`` from an instance, a class or a shorthand string."""
     if isinstance(gradient, GradientMethod):
         return gradient

@@ -17,9 +17,9 @@ from typing import Callable, Iterator
 import torch
 from torch.autograd.function import once_differentiable
 
-from ..integrate import Trajectory
-from ..problem import Problem
-from .base import GradientMethod
+from .._integrate import Trajectory
+from .._ivp import ODEProblem
+from ._base import GradientMethod
 
 __all__ = ["RecordingMethod", "StepwiseMethod"]
 
@@ -27,7 +27,7 @@ __all__ = ["RecordingMethod", "StepwiseMethod"]
 class RecordingMethod(GradientMethod):
     """Forward without an autograd graph; a custom backward pass."""
 
-    def solve(self, problem: Problem) -> tuple[torch.Tensor, Trajectory]:
+    def solve(self, problem: ODEProblem) -> tuple[torch.Tensor, Trajectory]:
         if not problem.requires_grad:
             with torch.no_grad():
                 trajectory = problem.integrate()
@@ -39,11 +39,11 @@ class RecordingMethod(GradientMethod):
         return ys, holder["trajectory"]
 
     @abc.abstractmethod
-    def record(self, problem: Problem, y0: torch.Tensor, f0: torch.Tensor) -> Trajectory:
+    def record(self, problem: ODEProblem, y0: torch.Tensor, f0: torch.Tensor) -> Trajectory:
         """The forward solve (run under ``torch.no_grad()``), keeping what the backward needs."""
 
     @abc.abstractmethod
-    def backward(self, problem: Problem, trajectory: Trajectory, grad_ys: torch.Tensor,
+    def backward(self, problem: ODEProblem, trajectory: Trajectory, grad_ys: torch.Tensor,
                  params: tuple[torch.Tensor, ...], with_time: bool
                  ) -> tuple[torch.Tensor, list[torch.Tensor] | None, list[torch.Tensor]]:
         """From the cotangents of the stacked outputs to those of ``y0``, of the output times
@@ -55,11 +55,11 @@ class StepwiseMethod(RecordingMethod):
     """A backward pass that pulls the cotangent back through one accepted step at a time."""
 
     @abc.abstractmethod
-    def states(self, problem: Problem, trajectory: Trajectory) -> Iterator[tuple[int, torch.Tensor]]:
+    def states(self, problem: ODEProblem, trajectory: Trajectory) -> Iterator[tuple[int, torch.Tensor]]:
         """Yield ``(n, y_n)`` for ``n = N-1, ..., 0``: the start state of each step, last step first."""
 
     @abc.abstractmethod
-    def step_back(self, problem: Problem, trajectory: Trajectory, n: int, y: torch.Tensor, lam: torch.Tensor,
+    def step_back(self, problem: ODEProblem, trajectory: Trajectory, n: int, y: torch.Tensor, lam: torch.Tensor,
                   params: tuple[torch.Tensor, ...], param_grads: list[torch.Tensor],
                   time_grads: list[torch.Tensor] | None) -> torch.Tensor:
         """The cotangent of ``y_n`` from that of ``y_{n+1}`` (``lam``), adding the step's
@@ -69,7 +69,7 @@ class StepwiseMethod(RecordingMethod):
     def backward(self, problem, trajectory, grad_ys, params, with_time):
         param_grads = [torch.zeros_like(p) for p in params]
         zero = grad_ys.new_zeros(())
-        time_grads = [zero] * len(trajectory.ts) if with_time else None
+        time_grads = [zero] * len(trajectory.grid) if with_time else None
         out_index = trajectory.out_index
         k = len(out_index) - 1  # the next output to meet, going backward
         lam = torch.zeros_like(grad_ys[0])
@@ -102,7 +102,7 @@ def output_time_grads(trajectory: Trajectory, time_grads: list[torch.Tensor] | N
 
 class _RecordedSolve(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, method: RecordingMethod, problem: Problem, f0: torch.Tensor, holder: dict,
+    def forward(ctx, method: RecordingMethod, problem: ODEProblem, f0: torch.Tensor, holder: dict,
                 y0: torch.Tensor, t: torch.Tensor, *params):
         trajectory = method.record(problem, y0.detach(), f0)
         holder["trajectory"] = trajectory
@@ -123,7 +123,7 @@ class _RecordedSolve(torch.autograd.Function):
         return (None, None, None, None, grad_y0, grad_t, *[next(grads) if w else None for w in wanted])
 
 
-def first_evaluation_checked(problem: Problem, method_name: str) -> torch.Tensor:
+def first_evaluation_checked(problem: ODEProblem, method_name: str) -> torch.Tensor:
     """Evaluate ``f(t0, y0)`` once with a graph, to find tensors that ``f`` uses and that
     require grad but are not among the parameters: a custom backward pass could give them no
     gradient, so that would be a silent error. Returns the evaluation, detached, for reuse."""

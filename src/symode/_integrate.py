@@ -12,59 +12,38 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
-from .runge_kutta import rk_step
-from .step_size import AdaptiveSteps, FixedSteps, RecordedSteps, initial_step
-from .tableau import ButcherTableau
+from ._runge_kutta import rk_step
+from ._stats import SolveError, Stats
+from ._step_size import AdaptiveSteps, FixedSteps, Norm, RecordedSteps, initial_step
+from ._tableau import ButcherTableau
 
-__all__ = ["Stats", "Trajectory", "SolveError", "integrate"]
-
-
-class SolveError(RuntimeError):
-    """A solve that cannot succeed: step size underflow, too many steps, non-finite state.
-
-    Attributes ``t`` (the time reached) and ``num_steps`` (accepted steps so far)."""
-
-    def __init__(self, message: str, t: float, num_steps: int):
-        super().__init__(message)
-        self.t = t
-        self.num_steps = num_steps
-
-
-@dataclass
-class Stats:
-    """Counts of one solve. The backward counts fill in when the backward pass runs.
-
-    ``nfe_backward`` counts every evaluation of ``f`` in the backward pass (recomputation
-    and vector-Jacobian products); ``nfe_backward_vjp`` those of them that were
-    differentiated (one network use each in the autograd graph).
-    """
-
-    num_accepted: int = 0
-    num_rejected: int = 0
-    nfe_forward: int = 0
-    nfe_backward: int = 0
-    nfe_backward_vjp: int = 0
-
-    @property
-    def num_steps(self) -> int:
-        return self.num_accepted + self.num_rejected
+__all__ = ["Trajectory", "integrate"]
 
 
 @dataclass
 class Trajectory:
-    """The accepted grid ``ts`` (Python floats, ``ts[0] = t0``), the state at each grid point
-    (``ys``, only when asked for), the grid index of each output time and the outputs; with
-    ``keep_stages``, ``stages[n][i]`` is the state of stage ``i`` of step ``n`` for the stages
-    that influence the solution (``None`` for the others). ``anchors[n]``: the index of the
-    output time that grid point ``n`` moves with when the output times move (the steps being
-    held fixed: a point inside an output interval moves with the interval's start, the end of
-    a step clipped to an output time with that time), ``None`` for a fixed user grid point."""
+    """What the time loop recorded: the accepted steps and what was asked to be kept.
 
-    ts: list[float]
+    Attributes:
+        grid: the accepted step endpoints, Python floats, ``grid[0] = t0``; step ``n`` goes
+            from ``grid[n]`` to ``grid[n + 1]``.
+        out_index: the grid index of each output time (``grid[out_index[k]] == t_out[k]``).
+        outputs: the state at each output time (``outputs[0]`` is ``y0``).
+        ys: the state at every grid point (``keep_states=True``), else ``None``.
+        stats: the counts of the solve.
+        stages: with ``keep_stages=True``, ``stages[n][i]`` is the state of stage ``i`` of
+            step ``n`` for the stages that influence the solution (``None`` for the others).
+        anchors: ``anchors[n]`` is the index of the output time that grid point ``n`` moves
+            with when the output times move (the steps being held fixed: a point inside an
+            output interval moves with the interval's start, the end of a step clipped to an
+            output time with that time), ``None`` for a fixed user grid point.
+    """
+
+    grid: list[float]
     out_index: list[int]
     outputs: list[torch.Tensor]
     ys: list[torch.Tensor] | None = None
@@ -81,20 +60,22 @@ def _check_finite(y: torch.Tensor, t: float, stats: Stats) -> None:
             f"(try a smaller step_size or an adaptive method)", t, stats.num_accepted)
 
 
-def integrate(rhs: Callable[[float, torch.Tensor], torch.Tensor], y0: torch.Tensor,
+def integrate(rhs: Callable[..., torch.Tensor], y0: torch.Tensor,
               t_out: Sequence[float], tableau: ButcherTableau, steps: FixedSteps | AdaptiveSteps | RecordedSteps,
-              *, rtol=None, atol=None, norm=None, keep_states: bool = False, keep_stages: bool = False,
+              *, rtol: float | torch.Tensor | None = None, atol: float | torch.Tensor | None = None,
+              norm: Norm | None = None, keep_states: bool = False, keep_stages: bool = False,
               stats: Stats | None = None, f0: torch.Tensor | None = None,
-              time_carriers: Sequence[torch.Tensor] | None = None, step: Callable | None = None) -> Trajectory:
+              time_carriers: Sequence[torch.Tensor] | None = None, step: Callable[..., Any] | None = None
+              ) -> Trajectory:
     """Solve from ``y0`` at ``t_out[0]`` through the output times ``t_out``.
 
     ``rhs(t, y)`` takes a float time; ``rtol``/``atol`` (floats or tensors shaped like
     ``y0``) and ``norm`` are needed for adaptive steps. ``keep_states``/``keep_stages``
     record the state/the stage states at every accepted step. ``time_carriers[k]``: a
     zero-valued tensor carrying the gradient of ``t_out[k]`` into the graph (see
-    ``symode.runge_kutta``), for backpropagation with respect to the output times. ``f0 = rhs(t_out[0], y0)`` may be
+    ``symode._runge_kutta``), for backpropagation with respect to the output times. ``f0 = rhs(t_out[0], y0)`` may be
     passed if already evaluated. ``step``: takes the steps instead of
-    ``rk_step(rhs, tableau, ...)``, with its signature (``symode.compiled.CompiledStep``).
+    ``rk_step(rhs, tableau, ...)``, with its signature (``symode._compiled.CompiledStep``).
     Raises ``SolveError`` if the solve cannot succeed.
     """
     stats = Stats() if stats is None else stats
@@ -102,7 +83,7 @@ def integrate(rhs: Callable[[float, torch.Tensor], torch.Tensor], y0: torch.Tens
         step = functools.partial(rk_step, rhs, tableau)
     t = float(t_out[0])
     y = y0
-    ts = [t]
+    grid = [t]
     ys = [y0] if keep_states else None
     outputs = [y0]
     out_index = [0]
@@ -119,7 +100,7 @@ def integrate(rhs: Callable[[float, torch.Tensor], torch.Tensor], y0: torch.Tens
 
     def accept(t_next: float, y_next: torch.Tensor, Ys, anchor: int | None) -> None:
         stats.num_accepted += 1
-        ts.append(t_next)
+        grid.append(t_next)
         anchors.append(anchor)
         if keep_states:
             ys.append(y_next)
@@ -136,15 +117,16 @@ def integrate(rhs: Callable[[float, torch.Tensor], torch.Tensor], y0: torch.Tens
             t = t_next
             accept(t, y, Ys, point_anchors[n + 1])
             del ks, Ys  # not alive during the next step
-            if len(ts) - 1 == idx[len(outputs)]:
+            if len(grid) - 1 == idx[len(outputs)]:
                 _check_finite(y, t, stats)
                 outputs.append(y)
-                out_index.append(len(ts) - 1)
-        return Trajectory(ts, out_index, outputs, ys, stats, stages, anchors)
+                out_index.append(len(grid) - 1)
+        return Trajectory(grid, out_index, outputs, ys, stats, stages, anchors)
 
     # adaptive steps ---------------------------------------------------------------------
-    if not tableau.adaptive:
-        raise ValueError(f"method {tableau.name!r} has no error estimate: pass a step size instead")
+    tableau.check_adaptive()
+    if rtol is None or atol is None or norm is None:
+        raise ValueError("adaptive steps need rtol, atol and norm")
     _check_finite(y0, t, stats)
     direction = 1.0 if t_out[-1] > t_out[0] else -1.0
     exponent = tableau.error_order + 1
@@ -204,5 +186,5 @@ def integrate(rhs: Callable[[float, torch.Tensor], torch.Tensor], y0: torch.Tens
             del ks, Ys, err, y_next, scale  # not alive during the next try
         _check_finite(y, t, stats)
         outputs.append(y)
-        out_index.append(len(ts) - 1)
-    return Trajectory(ts, out_index, outputs, ys, stats, stages, anchors)
+        out_index.append(len(grid) - 1)
+    return Trajectory(grid, out_index, outputs, ys, stats, stages, anchors)

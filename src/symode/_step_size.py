@@ -11,33 +11,26 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from numbers import Integral, Real
-from typing import Callable, Mapping, Sequence
+from typing import Any, Callable, Protocol, Sequence, Union
 
 import torch
 
-from .methods import get_tableau
+from ._checks import is_real, optional_positive_float, positive_float, positive_int
 
-__all__ = ["FixedSteps", "AdaptiveSteps", "RecordedSteps", "rms_norm", "mixed_rms_norm", "make_steps"]
+__all__ = ["FixedSteps", "AdaptiveSteps", "RecordedSteps", "StepPlan", "rms_norm", "mixed_rms_norm",
+           "check_tolerance", "DEFAULT_RTOL", "DEFAULT_ATOL", "Norm", "Tolerance"]
+
+#: The default tolerances of adaptive steps (torchdiffeq's), everywhere in symode.
+DEFAULT_RTOL = 1e-7
+DEFAULT_ATOL = 1e-9
 
 Norm = Callable[[torch.Tensor], torch.Tensor]
-
-
-def _is_real(x) -> bool:
-    return isinstance(x, Real) and not isinstance(x, bool)
-
-
-def _positive_float(value, name: str, *, allow_none: bool = False) -> float | None:
-    if value is None and allow_none:
-        return None
-    if isinstance(value, torch.Tensor) and value.numel() == 1:
-        value = value.item()
-    if not _is_real(value):
-        raise TypeError(f"{name} must be a positive number, got {value!r}")
-    value = float(value)
-    if not (value > 0 and math.isfinite(value)):
-        raise ValueError(f"{name} must be positive and finite, got {value!r}")
-    return value
+#: A step plan: the step endpoints (``t[0]`` first), the grid index of each output time and,
+#: per endpoint, the index of the output time it moves with (``None``: a fixed grid point).
+StepPlan = tuple[list[float], list[int], list[Union[int, None]]]
+#: A tolerance: a positive number, a tensor broadcastable to the state, or (tuple states) a
+#: tuple of them, one per component.
+Tolerance = Union[float, torch.Tensor, Sequence[Union[float, torch.Tensor]]]
 
 
 def rms_norm(x: torch.Tensor) -> torch.Tensor:
@@ -77,7 +70,7 @@ class FixedSteps:
                 f"or grid; got step_size={self.step_size!r}, grid={self.grid!r}")
         if self.step_size is not None:
             # positive: the direction of the steps is that of t
-            object.__setattr__(self, "step_size", _positive_float(self.step_size, "step_size"))
+            object.__setattr__(self, "step_size", positive_float(self.step_size, "step_size"))
         else:
             grid = self.grid
             if isinstance(grid, torch.Tensor):
@@ -95,7 +88,7 @@ class FixedSteps:
                 raise ValueError("grid must be strictly increasing or strictly decreasing")
             object.__setattr__(self, "grid", grid)
 
-    def plan(self, t_out: Sequence[float]) -> tuple[list[float], list[int], list[int | None]]:
+    def plan(self, t_out: Sequence[float]) -> StepPlan:
         """The step endpoints (``t_out[0]`` first), the grid index of each output time and,
         per endpoint, the index of the output time it moves with (``None``: a fixed point
         of a user grid). With ``step_size`` a point ``t_k + i h`` moves with ``t_k``."""
@@ -133,12 +126,12 @@ class RecordedSteps:
     """Replay the accepted steps of an earlier solve (its ``Trajectory``): the grid, the
     output indices and the anchors of the grid points (what moves with the output times)."""
 
-    ts: tuple[float, ...]
+    grid: tuple[float, ...]
     out_index: tuple[int, ...]
     anchors: tuple[int | None, ...]
 
-    def plan(self, t_out: Sequence[float]) -> tuple[list[float], list[int], list[int | None]]:
-        return list(self.ts), list(self.out_index), list(self.anchors)
+    def plan(self, t_out: Sequence[float]) -> StepPlan:
+        return list(self.grid), list(self.out_index), list(self.anchors)
 
 
 # --------------------------------------------------------------------------------------
@@ -166,8 +159,8 @@ class AdaptiveSteps:
     every output time. More than ``max_num_steps`` attempted steps is an error.
     """
 
-    rtol: float | torch.Tensor = 1e-7
-    atol: float | torch.Tensor = 1e-9
+    rtol: Tolerance = DEFAULT_RTOL
+    atol: Tolerance = DEFAULT_ATOL
     first_step: float | None = None
     controller: str = "i"
     safety: float = 0.9
@@ -176,24 +169,22 @@ class AdaptiveSteps:
     max_num_steps: int = 100_000
 
     def __post_init__(self) -> None:
-        _check_tolerance(self.rtol, "rtol")
-        _check_tolerance(self.atol, "atol")
-        object.__setattr__(self, "first_step", _positive_float(self.first_step, "first_step", allow_none=True))
+        check_tolerance(self.rtol, "rtol")
+        check_tolerance(self.atol, "atol")
+        object.__setattr__(self, "first_step", optional_positive_float(self.first_step, "first_step"))
         if not isinstance(self.controller, str) or self.controller.lower() not in _CONTROLLERS:
             raise ValueError(f"controller must be one of {sorted(_CONTROLLERS)}, got {self.controller!r}")
         object.__setattr__(self, "controller", self.controller.lower())
-        safety = _positive_float(self.safety, "safety")
+        safety = positive_float(self.safety, "safety")
         if safety > 1:
             raise ValueError(f"safety must be in (0, 1], got {safety!r}")
-        ifactor = _positive_float(self.ifactor, "ifactor")
-        dfactor = _positive_float(self.dfactor, "dfactor")
+        ifactor = positive_float(self.ifactor, "ifactor")
+        dfactor = positive_float(self.dfactor, "dfactor")
         if ifactor <= 1:
             raise ValueError(f"ifactor (largest growth of a step) must be > 1, got {ifactor!r}")
         if dfactor >= 1:
             raise ValueError(f"dfactor (largest shrink of a step) must be < 1, got {dfactor!r}")
-        if isinstance(self.max_num_steps, bool) or not isinstance(self.max_num_steps, Integral) or self.max_num_steps < 1:
-            raise ValueError(f"max_num_steps must be a positive int, got {self.max_num_steps!r}")
-        object.__setattr__(self, "max_num_steps", int(self.max_num_steps))
+        object.__setattr__(self, "max_num_steps", positive_int(self.max_num_steps, "max_num_steps"))
         object.__setattr__(self, "safety", safety)
         object.__setattr__(self, "ifactor", ifactor)
         object.__setattr__(self, "dfactor", dfactor)
@@ -217,7 +208,9 @@ class AdaptiveSteps:
         return min(f, 1.0) if after_reject else f
 
 
-def _check_tolerance(value, name: str) -> None:
+def check_tolerance(value: Any, name: str) -> None:
+    """Raise unless ``value`` is a valid tolerance: positive and finite numbers or tensors (a
+    tuple of them for tuple states)."""
     parts = value if isinstance(value, (tuple, list)) else (value,)
     if len(parts) == 0:
         raise ValueError(f"{name} must not be empty")
@@ -227,7 +220,7 @@ def _check_tolerance(value, name: str) -> None:
                 raise TypeError(f"{name} tensor must be real, got dtype {part.dtype}")
             if part.numel() == 0 or not bool(torch.all(part > 0)) or not bool(torch.all(torch.isfinite(part))):
                 raise ValueError(f"{name} must be positive and finite everywhere, got {part!r}")
-        elif _is_real(part):
+        elif is_real(part):
             if not (float(part) > 0 and math.isfinite(float(part))):
                 raise ValueError(f"{name} must be positive and finite, got {part!r}; e.g. {name}=1e-6")
         else:
@@ -262,32 +255,3 @@ def initial_step(rhs, t0: float, y0: torch.Tensor, f0: torch.Tensor, direction: 
         else:
             h1 = (0.01 / max(d1, d2)) ** (1.0 / (error_order + 1))
         return min(100 * h0, h1, span)
-
-
-# --------------------------------------------------------------------------------------
-# torchdiffeq-style options
-_FIXED_OPTIONS = ("step_size", "grid")
-_ADAPTIVE_OPTIONS = ("first_step", "max_num_steps", "controller", "safety", "ifactor", "dfactor")
-
-
-def make_steps(method, rtol, atol, options: Mapping | None) -> FixedSteps | AdaptiveSteps:
-    """The step-size rule for ``method`` from torchdiffeq-style ``rtol``, ``atol``, ``options``."""
-    options = {} if options is None else options
-    if not isinstance(options, Mapping):
-        raise TypeError(f"options must be a dict, got {type(options).__name__}")
-    unknown = sorted(set(options) - set(_FIXED_OPTIONS) - set(_ADAPTIVE_OPTIONS))
-    if unknown:
-        raise ValueError(f"unknown option(s) {unknown}; symode's options are {list(_FIXED_OPTIONS)} for fixed "
-                         f"steps and {list(_ADAPTIVE_OPTIONS)} for adaptive steps")
-    tableau = get_tableau(method)
-    fixed = {k: options[k] for k in _FIXED_OPTIONS if options.get(k) is not None}
-    if fixed:
-        mixed = sorted(k for k in _ADAPTIVE_OPTIONS if k in options)
-        if mixed:
-            raise ValueError(f"option(s) {mixed} apply to adaptive steps, but {sorted(fixed)} asks for fixed steps; "
-                             f"give one or the other")
-        return FixedSteps(**fixed)
-    if not tableau.adaptive:
-        raise ValueError(f"method {tableau.name!r} takes fixed steps: give options={{'step_size': h}} "
-                         f"(or options={{'grid': times}}), or choose an adaptive method such as 'dopri5'")
-    return AdaptiveSteps(rtol=rtol, atol=atol, **options)

@@ -20,11 +20,12 @@ from typing import Iterator
 
 import torch
 
-from ..checkpointing import reversed_states
-from ..integrate import Trajectory
-from ..problem import Problem
-from ..runge_kutta import rk_step, stage_state, stage_time
+from .._checks import check_bool, non_negative_int
+from .._integrate import Trajectory
+from .._ivp import ODEProblem
+from .._runge_kutta import rk_step, stage_state, stage_time
 from ._recording import StepwiseMethod, vjp
+from ._revolve import reversed_states
 
 __all__ = ["SymplecticAdjoint"]
 
@@ -49,11 +50,9 @@ class SymplecticAdjoint(StepwiseMethod):
     name = "symplectic_adjoint"
 
     def __init__(self, store_stages: bool = False, max_checkpoints: int | None = None):
-        if not isinstance(store_stages, bool):
-            raise TypeError(f"store_stages must be True or False, got {store_stages!r}")
+        check_bool(store_stages, "store_stages")
         if max_checkpoints is not None:
-            if isinstance(max_checkpoints, bool) or not isinstance(max_checkpoints, int) or max_checkpoints < 0:
-                raise ValueError(f"max_checkpoints must be a non-negative int or None, got {max_checkpoints!r}")
+            max_checkpoints = non_negative_int(max_checkpoints, "max_checkpoints")
             if store_stages:
                 raise ValueError("store_stages=True keeps every step's stages; it cannot be combined with "
                                  "max_checkpoints, which bounds the memory")
@@ -72,21 +71,21 @@ class SymplecticAdjoint(StepwiseMethod):
             args.append(f"max_checkpoints={self.max_checkpoints}")
         return f"SymplecticAdjoint({', '.join(args)})"
 
-    def record(self, problem: Problem, y0: torch.Tensor, f0: torch.Tensor) -> Trajectory:
+    def record(self, problem: ODEProblem, y0: torch.Tensor, f0: torch.Tensor) -> Trajectory:
         return problem.integrate(y0, keep_states=self.max_checkpoints is None,
                                  keep_stages=self.store_stages, f0=f0)
 
-    def states(self, problem: Problem, trajectory: Trajectory) -> Iterator[tuple[int, torch.Tensor]]:
-        num_steps = len(trajectory.ts) - 1
+    def states(self, problem: ODEProblem, trajectory: Trajectory) -> Iterator[tuple[int, torch.Tensor]]:
+        num_steps = len(trajectory.grid) - 1
         if self.max_checkpoints is None:
             ys = trajectory.ys
             return ((n, ys[n]) for n in reversed(range(num_steps)))
         return reversed_states(num_steps, self.max_checkpoints, trajectory.outputs[0],
-                               lambda i, j, y: _advance(problem, trajectory.ts, i, j, y))
+                               lambda i, j, y: _advance(problem, trajectory.grid, i, j, y))
 
     def step_back(self, problem, trajectory, n, y, lam, params, param_grads, time_grads):
         stored = trajectory.stages[n] if self.store_stages else None
-        lam, time_cotangents = _step_adjoint(problem, trajectory.ts[n], trajectory.ts[n + 1], y, lam, params,
+        lam, time_cotangents = _step_adjoint(problem, trajectory.grid[n], trajectory.grid[n + 1], y, lam, params,
                                              param_grads, stored, with_time=time_grads is not None)
         if time_grads is not None:
             time_grads[n] = time_grads[n] + time_cotangents[0]
@@ -94,17 +93,17 @@ class SymplecticAdjoint(StepwiseMethod):
         return lam
 
 
-def _advance(problem: Problem, ts: list[float], i: int, j: int, y: torch.Tensor) -> torch.Tensor:
+def _advance(problem: ODEProblem, grid: list[float], i: int, j: int, y: torch.Tensor) -> torch.Tensor:
     """Recompute ``y_j`` from ``y_i`` on the recorded grid, without a graph."""
     rhs = problem.rhs("nfe_backward")
     with torch.no_grad():
         for n in range(i, j):
-            y = rk_step(rhs, problem.tableau, ts[n], ts[n + 1], y, with_error=False,
+            y = rk_step(rhs, problem.tableau, grid[n], grid[n + 1], y, with_error=False,
                         stages=problem.tableau.solution_stages)[0]
     return y
 
 
-def _step_adjoint(problem: Problem, t: float, t_next: float, y: torch.Tensor, lam: torch.Tensor,
+def _step_adjoint(problem: ODEProblem, t: float, t_next: float, y: torch.Tensor, lam: torch.Tensor,
                   params: tuple[torch.Tensor, ...], param_grads: list[torch.Tensor],
                   stored: list[torch.Tensor | None] | None = None, with_time: bool = False):
     """Pull the cotangent ``lam`` of ``y_{n+1}`` back through one step to ``y_n``, adding the

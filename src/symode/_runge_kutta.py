@@ -20,7 +20,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from .tableau import ButcherTableau
+from ._tableau import ButcherTableau
 
 Rhs = Callable[..., torch.Tensor]
 
@@ -104,7 +104,7 @@ def rk_step(rhs: Rhs, tableau: ButcherTableau, t: float, t_next: float, y: torch
         keep_stage_states: return every stage state; otherwise each is dropped once its
             derivative is evaluated (``Ys`` then holds ``None`` but for an FSAL last stage).
         h, times: the step size (a 0-dim tensor) and the time handed to ``rhs`` for each
-            stage, given instead of ``t``/``t_next`` by a compiled step (``symode.compiled``).
+            stage, given instead of ``t``/``t_next`` by a compiled step (``symode._compiled``).
 
     Returns ``(y_next, error_or_None, ks, Ys)``: ``ks[i]``/``Ys[i]`` are the stage
     derivatives/states, ``None`` for stages not evaluated. For an FSAL tableau the last
@@ -136,8 +136,7 @@ def rk_step(rhs: Rhs, tableau: ButcherTableau, t: float, t_next: float, y: torch
         y_next = combine(y, h, tableau.b_sum, ks, dh)
     error = None
     if with_error:
-        if tableau.b_err is None:
-            raise ValueError(f"method {tableau.name!r} has no error estimate (b_err is None)")
+        tableau.check_adaptive()
         with torch.no_grad():  # the error estimate only steers the step size: never differentiated
             error = combine(None, h, tableau.b_err_sum, ks)
     return y_next, error, ks, Ys

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from ..integrate import Trajectory
-from ..problem import Problem
-from .base import GradientMethod
+from .._integrate import Trajectory
+from .._ivp import ODEProblem
+from ._base import GradientMethod
 
 __all__ = ["Backprop"]
 
@@ -18,11 +18,11 @@ class Backprop(GradientMethod):
 
     Memory: every stage's activations of every step; no evaluation of ``f`` in the backward.
     The output times are differentiated through zero-valued carriers of their gradient
-    (``symode.runge_kutta``), so the values computed are those of a solve without.
+    (``symode._runge_kutta``), so the values computed are those of a solve without.
     """
 
     name = "backprop"
 
-    def solve(self, problem: Problem) -> tuple[torch.Tensor, Trajectory]:
+    def solve(self, problem: ODEProblem) -> tuple[torch.Tensor, Trajectory]:
         trajectory = problem.integrate(time_carriers=problem.time_carriers() if problem.wants_time_grad else None)
         return torch.stack(trajectory.outputs), trajectory

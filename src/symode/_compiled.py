@@ -30,22 +30,22 @@ round-off, not bit for bit, and an adaptive solve may take a slightly different 
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
-from .integrate import Stats
-from .runge_kutta import rk_step, stage_time
-from .tableau import ButcherTableau
+from ._runge_kutta import rk_step, stage_time
+from ._tableau import ButcherTableau
 
 __all__ = ["CompiledStep"]
 
 
-def _step(func, tableau: ButcherTableau, values: torch.Tensor, y: torch.Tensor, k1, with_error: bool):
+def _step(func: Callable[..., torch.Tensor], tableau: ButcherTableau, values: torch.Tensor, y: torch.Tensor,
+          k1: torch.Tensor | None, with_error: bool) -> Any:
     """The step in tensors only: ``values`` = the ``s`` stage times then ``h``."""
-    values = values.unbind()
-    y_next, error, ks, _ = rk_step(func, tableau, None, None, y, k1, with_error=with_error,
-                                   h=values[-1], times=values)
+    parts = values.unbind()
+    y_next, error, ks, _ = rk_step(func, tableau, 0.0, 0.0, y, k1, with_error=with_error,
+                                   h=parts[-1], times=parts)
     return y_next, error, ks
 
 
@@ -57,28 +57,26 @@ class CompiledStep:
     signature and results of ``rk_step(rhs, tableau, ...)``, compiled.
 
     ``func(t, y)`` takes a 0-dim time tensor; ``rhs`` is the counting eager right-hand side
-    used by the steps that are not compiled (see the module docstring); ``stats.<counter>``
-    counts the compiled steps' evaluations.
+    used by the steps that are not compiled (see the module docstring); ``count(n)`` is told
+    the number of evaluations of each compiled step.
     """
 
-    def __init__(self, func: Callable, rhs: Callable, tableau: ButcherTableau, stats: Stats, counter: str,
-                 dtype: torch.dtype, device: torch.device):
-        self.func, self.tableau, self.stats, self.counter = func, tableau, stats, counter
+    def __init__(self, func: Callable[..., Any], rhs: Callable[..., Any], tableau: ButcherTableau,
+                 count: Callable[[int], None], dtype: torch.dtype, device: torch.device):
+        self.func, self.tableau, self.count = func, tableau, count
         self.dtype, self.device = dtype, device
         self.eager = functools.partial(rk_step, rhs, tableau)
         s = tableau.num_stages  # stages evaluated per step, as in rk_step
         self._evaluations = {True: s, False: s if tableau.fsal else len(tableau.solution_stages)}
 
     def __call__(self, t: float, t_next: float, y: torch.Tensor, k1: torch.Tensor | None = None, *,
-                 with_error: bool = True, keep_stage_states: bool = False, dts=None):
+                 with_error: bool = True, keep_stage_states: bool = False, dts: Any = None) -> Any:
         if keep_stage_states or dts is not None:
             return self.eager(t, t_next, y, k1, with_error=with_error, keep_stage_states=keep_stage_states, dts=dts)
         tableau = self.tableau
         h = t_next - t
-        values = [stage_time(tableau, i, t, t_next, h) for i in range(tableau.num_stages)]
-        values.append(h)
-        values = torch.tensor(values, dtype=self.dtype, device=self.device)
+        times = [stage_time(tableau, i, t, t_next, h) for i in range(tableau.num_stages)]
+        values = torch.tensor([*times, h], dtype=self.dtype, device=self.device)
         y_next, error, ks = _compiled_step(self.func, tableau, values, y, k1, with_error)
-        evaluations = self._evaluations[with_error] - (k1 is not None)
-        setattr(self.stats, self.counter, getattr(self.stats, self.counter) + evaluations)
+        self.count(self._evaluations[with_error] - (k1 is not None))
         return y_next, error, list(ks), [None] * tableau.num_stages

@@ -1,6 +1,6 @@
 """The catalogue of named explicit Runge-Kutta methods.
 
-Every method is a module-level :class:`~symode.tableau.ButcherTableau`; :data:`TABLEAUS`
+Every method is a module-level :class:`~symode.ButcherTableau`; :data:`TABLEAUS`
 maps the names accepted by the solvers to them and :func:`get_tableau` resolves a
 ``method=`` argument. Rational coefficients are written as exact ``Fraction`` values; the
 adaptive pairs give their embedded weights and ``b_err = b - b_embedded`` is formed exactly.
@@ -11,7 +11,7 @@ from __future__ import annotations
 from fractions import Fraction
 
 from . import _dopri8
-from .tableau import ButcherTableau
+from ._tableau import ButcherTableau
 
 __all__ = [
     "TABLEAUS", "get_tableau",
@@ -175,7 +175,7 @@ def get_tableau(method: str | ButcherTableau) -> ButcherTableau:
         except KeyError:
             raise ValueError(
                 f"unknown method {method!r}; available methods: {', '.join(sorted(TABLEAUS))} "
-                f"(or pass a symode.tableau.ButcherTableau)") from None
+                f"(or pass a symode.ButcherTableau)") from None
     raise TypeError(
         f"method must be a method name (str) or a ButcherTableau, got {type(method).__name__}: "
         f"{method!r}")

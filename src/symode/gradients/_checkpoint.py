@@ -17,10 +17,10 @@ from typing import Iterator
 
 import torch
 
-from ..integrate import Trajectory, integrate
-from ..problem import Problem
-from ..runge_kutta import rk_step
-from ..step_size import RecordedSteps
+from .._integrate import Trajectory, integrate
+from .._ivp import ODEProblem
+from .._runge_kutta import rk_step
+from .._step_size import RecordedSteps
 from ._recording import RecordingMethod, StepwiseMethod, vjp
 
 __all__ = ["Checkpoint", "OneCheckpoint"]
@@ -35,14 +35,14 @@ class Checkpoint(StepwiseMethod):
 
     name = "checkpoint"
 
-    def record(self, problem: Problem, y0: torch.Tensor, f0: torch.Tensor) -> Trajectory:
+    def record(self, problem: ODEProblem, y0: torch.Tensor, f0: torch.Tensor) -> Trajectory:
         return problem.integrate(y0, keep_states=True, f0=f0)
 
-    def states(self, problem: Problem, trajectory: Trajectory) -> Iterator[tuple[int, torch.Tensor]]:
-        return ((n, trajectory.ys[n]) for n in reversed(range(len(trajectory.ts) - 1)))
+    def states(self, problem: ODEProblem, trajectory: Trajectory) -> Iterator[tuple[int, torch.Tensor]]:
+        return ((n, trajectory.ys[n]) for n in reversed(range(len(trajectory.grid) - 1)))
 
     def step_back(self, problem, trajectory, n, y, lam, params, param_grads, time_grads):
-        t, t_next = trajectory.ts[n], trajectory.ts[n + 1]
+        t, t_next = trajectory.grid[n], trajectory.grid[n + 1]
         rhs = problem.rhs("nfe_backward")
         stats = problem.stats
 
@@ -70,12 +70,12 @@ class OneCheckpoint(RecordingMethod):
 
     name = "one_checkpoint"
 
-    def record(self, problem: Problem, y0: torch.Tensor, f0: torch.Tensor) -> Trajectory:
+    def record(self, problem: ODEProblem, y0: torch.Tensor, f0: torch.Tensor) -> Trajectory:
         return problem.integrate(y0, f0=f0)
 
     def backward(self, problem, trajectory, grad_ys, params, with_time):
         rhs = problem.rhs("nfe_backward")
-        grid = RecordedSteps(tuple(trajectory.ts), tuple(trajectory.out_index), tuple(trajectory.anchors))
+        grid = RecordedSteps(tuple(trajectory.grid), tuple(trajectory.out_index), tuple(trajectory.anchors))
         carriers = [grad_ys.new_zeros(()).requires_grad_(True) for _ in problem.t_out] if with_time else []
         with torch.enable_grad():
             y0 = trajectory.outputs[0].detach().requires_grad_(True)

@@ -32,15 +32,16 @@ The error norm of the backward solve (``norm=``):
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Any, Sequence
 
 import torch
 
-from ..integrate import Stats, Trajectory, integrate
-from ..methods import get_tableau
-from ..problem import Problem
-from ..step_size import AdaptiveSteps, FixedSteps, _check_tolerance, make_steps, rms_norm
-from ..tableau import ButcherTableau
+from .._integrate import Trajectory, integrate
+from .._ivp import ODEProblem
+from .._methods import get_tableau
+from .._stats import Stats
+from .._step_size import AdaptiveSteps, FixedSteps, check_tolerance, rms_norm
+from .._tableau import ButcherTableau
 from ._recording import RecordingMethod
 
 __all__ = ["ContinuousAdjoint"]
@@ -53,15 +54,16 @@ class ContinuousAdjoint(RecordingMethod):
     a gradient as accurate as the backward solve's tolerances allow.
 
     Args (``None``: as in the forward solve):
-        rtol, atol: the backward solve's tolerances: positive numbers, or tensors that
-            broadcast to the state (the flat state for tuple states). They apply to ``y`` and
-            ``a`` entry by entry; the parameter integrals take the smallest entry.
+        rtol, atol: the backward solve's tolerances, when it reuses the forward solve's
+            adaptive step rule: positive numbers, or tensors that broadcast to the state (the
+            flat state for tuple states). They apply to ``y`` and ``a`` entry by entry; the
+            parameter integrals take the smallest entry. With ``steps``, give the tolerances
+            there instead.
         method: the backward solve's method (name or ``ButcherTableau``).
-        options: its step-size options, with the keys of ``odeint``'s ``options``
-            (``step_size``/``grid`` for fixed steps, or ``first_step``, ``max_num_steps``,
-            ``controller``, ``safety``, ``ifactor``, ``dfactor`` for adaptive ones). ``None``
-            reuses the forward solve's step rule (its step size, grid or controller); ``{}``
-            asks for adaptive steps with default settings.
+        steps: the backward solve's step rule, as in ``symode.solve``: ``FixedSteps`` or
+            ``AdaptiveSteps`` (its tolerances, controller and limits); ``None`` reuses the
+            forward solve's rule (its step size, grid or controller). ``odeint_adjoint``
+            translates torchdiffeq's ``adjoint_options`` dict into it.
         norm: ``"default"`` (torchdiffeq's mixed norm over ``y``, ``a`` and each parameter's
             gradient) or ``"seminorm"`` (``y`` and ``a`` only); see the module docstring.
 
@@ -75,29 +77,25 @@ class ContinuousAdjoint(RecordingMethod):
     exact = False
     time_gradient = True  # the usual formula: see _BackwardSolver.run
 
-    def __init__(self, rtol=None, atol=None, method: str | ButcherTableau | None = None,
-                 options: Mapping | None = None, norm: str = "default"):
+    def __init__(self, rtol: float | torch.Tensor | None = None, atol: float | torch.Tensor | None = None,
+                 method: str | ButcherTableau | None = None, steps: FixedSteps | AdaptiveSteps | None = None,
+                 norm: str = "default"):
         self.rtol = _checked_tolerance(rtol, "rtol")
         self.atol = _checked_tolerance(atol, "atol")
+        tableau = None
         if method is not None:
-            try:
-                get_tableau(method)
-            except (TypeError, ValueError) as e:
-                raise type(e)(f"ContinuousAdjoint: {e}") from None
+            tableau = _prefixed(get_tableau, method)
         self.method = method
-        if options is not None:
-            if not isinstance(options, Mapping):
-                raise TypeError(f"ContinuousAdjoint: options must be a dict, got {type(options).__name__}")
-            if "norm" in options:
-                raise ValueError("ContinuousAdjoint: give the norm as norm='seminorm' (or 'default'), "
-                                 "not in options (odeint_adjoint takes adjoint_options={'norm': ...})")
-            options = dict(options)
-            # validate the keys and values now (the forward method is not known yet, so an
-            # adaptive-only check against it waits for the solve)
-            _steps_from_options(method if method is not None else "dopri5",
-                                1e-7 if self.rtol is None else self.rtol,
-                                1e-9 if self.atol is None else self.atol, options)
-        self.options = options
+        if steps is not None:
+            if not isinstance(steps, (FixedSteps, AdaptiveSteps)):
+                raise TypeError(f"ContinuousAdjoint: steps must be symode.FixedSteps or symode.AdaptiveSteps, got "
+                                f"{steps!r} (odeint_adjoint takes torchdiffeq's options dict as adjoint_options)")
+            if rtol is not None or atol is not None:
+                raise ValueError("ContinuousAdjoint: with steps, give the tolerances there "
+                                 "(steps=symode.AdaptiveSteps(rtol=..., atol=...)), not as rtol/atol")
+            if isinstance(steps, AdaptiveSteps) and tableau is not None:
+                _prefixed(tableau.check_adaptive)
+        self.steps = steps
         if not isinstance(norm, str):
             raise TypeError(f"ContinuousAdjoint: norm must be one of {list(_NORMS)}, got {norm!r}")
         if norm.lower() not in _NORMS:
@@ -122,35 +120,32 @@ class ContinuousAdjoint(RecordingMethod):
         return hash(type(self))
 
     # ----------------------------------------------------------------------------------
-    def solve(self, problem: Problem) -> tuple[torch.Tensor, Trajectory]:
+    def solve(self, problem: ODEProblem) -> tuple[torch.Tensor, Trajectory]:
         if problem.requires_grad:
             self._backward_solver(problem, problem.params)  # bad settings fail before the forward solve
         return super().solve(problem)
 
-    def record(self, problem: Problem, y0: torch.Tensor, f0: torch.Tensor) -> Trajectory:
+    def record(self, problem: ODEProblem, y0: torch.Tensor, f0: torch.Tensor) -> Trajectory:
         return problem.integrate(y0, f0=f0)  # only the outputs are kept
 
     def backward(self, problem, trajectory, grad_ys, params, with_time):
         with torch.no_grad():
             return self._backward_solver(problem, params).run(trajectory.outputs, grad_ys, with_time)
 
-    def _backward_solver(self, problem: Problem, params: Sequence[torch.Tensor]) -> "_BackwardSolver":
+    def _backward_solver(self, problem: ODEProblem, params: Sequence[torch.Tensor]) -> "_BackwardSolver":
         """The backward solve's tableau, step rule, tolerances and norm, from this object's
         settings and the forward problem's."""
         tableau = problem.tableau if self.method is None else get_tableau(self.method)
-        rtol = self.rtol if self.rtol is not None else problem.rtol
-        atol = self.atol if self.atol is not None else problem.atol
-        if self.options is not None:
-            steps = _steps_from_options(tableau, rtol if rtol is not None else 1e-7,
-                                        atol if atol is not None else 1e-9, self.options)
-        elif isinstance(problem.steps, AdaptiveSteps) and not tableau.adaptive:
-            steps = _steps_from_options(tableau, 1e-7, 1e-9, {})  # raises: asks for a step size
-        else:
-            steps = problem.steps
-        if isinstance(steps, AdaptiveSteps):  # tolerances given to neither pass: the defaults
-            rtol = steps.rtol if rtol is None else rtol
-            atol = steps.atol if atol is None else atol
-            rtol, atol = _state_tolerance(rtol, "rtol", problem.y0), _state_tolerance(atol, "atol", problem.y0)
+        steps = problem.steps if self.steps is None else self.steps
+        rtol = atol = None
+        if isinstance(steps, AdaptiveSteps):
+            _prefixed(tableau.check_adaptive)
+            if self.steps is not None:  # the tolerances of the backward rule
+                rtol = _prefixed(problem.layout.tolerance, steps.rtol, "rtol")
+                atol = _prefixed(problem.layout.tolerance, steps.atol, "atol")
+            else:  # the forward rule, with this object's tolerances where given
+                rtol = problem.rtol if self.rtol is None else _prefixed(_state_tolerance, self.rtol, "rtol", problem.y0)
+                atol = problem.atol if self.atol is None else _prefixed(_state_tolerance, self.atol, "atol", problem.y0)
         return _BackwardSolver(problem, tuple(params), tableau, steps, rtol, atol, self.norm)
 
 
@@ -158,7 +153,7 @@ class ContinuousAdjoint(RecordingMethod):
 class _BackwardSolver:
     """The backward solve of the augmented system for one forward problem."""
 
-    def __init__(self, problem: Problem, params: tuple[torch.Tensor, ...], tableau: ButcherTableau, steps,
+    def __init__(self, problem: ODEProblem, params: tuple[torch.Tensor, ...], tableau: ButcherTableau, steps,
                  rtol, atol, norm: str):
         self.problem = problem
         self.params = params  # those that require grad
@@ -267,35 +262,32 @@ class _BackwardSolver:
 
 
 # --------------------------------------------------------------------------------------
-def _checked_tolerance(value, name: str):
+def _prefixed(fn: Any, *args: Any) -> Any:
+    """``fn(*args)``, its ``TypeError``/``ValueError`` saying that it concerns the backward solve."""
+    try:
+        return fn(*args)
+    except (TypeError, ValueError) as e:
+        raise type(e)(f"ContinuousAdjoint: {e}") from None
+
+
+def _checked_tolerance(value: Any, name: str) -> float | torch.Tensor | None:
     if value is None:
         return None
     if isinstance(value, (tuple, list)):
         raise TypeError(f"ContinuousAdjoint: {name} must be a positive number or a tensor that broadcasts "
                         f"to the (flat) state, got a {type(value).__name__}")
-    try:
-        _check_tolerance(value, name)
-    except (TypeError, ValueError) as e:
-        raise type(e)(f"ContinuousAdjoint: {e}") from None
+    _prefixed(check_tolerance, value, name)
     if isinstance(value, torch.Tensor) and value.numel() == 1:
         return float(value.item())
     return value if isinstance(value, torch.Tensor) else float(value)
 
 
-def _state_tolerance(tol, name: str, y0: torch.Tensor):
+def _state_tolerance(tol: float | torch.Tensor, name: str, y0: torch.Tensor) -> float | torch.Tensor:
     """A float, or a tensor shaped like the (flat) state ``y0``."""
     if not isinstance(tol, torch.Tensor):
         return float(tol)
     try:
         return tol.to(dtype=y0.dtype, device=y0.device).expand(y0.shape)
     except RuntimeError:
-        raise ValueError(f"ContinuousAdjoint: {name} of shape {tuple(tol.shape)} does not broadcast to the "
+        raise ValueError(f"{name} of shape {tuple(tol.shape)} does not broadcast to the "
                          f"state's shape {tuple(y0.shape)}") from None
-
-
-def _steps_from_options(method, rtol, atol, options: Mapping) -> FixedSteps | AdaptiveSteps:
-    """``odeint``'s translation of options into a step rule."""
-    try:
-        return make_steps(method, rtol, atol, options)
-    except (TypeError, ValueError) as e:
-        raise type(e)(f"ContinuousAdjoint (the backward solve's options): {e}") from None

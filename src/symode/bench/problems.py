@@ -8,7 +8,8 @@ overrides for tests) and exposes the same small interface (:class:`BenchProblem`
   ``y0`` for the plain neural ODE);
 * ``loss(gradient, method, steps) -> (loss, stats)``: one forward solve (several for stacked
   blocks) differentiated by ``gradient`` (a symode gradient method, or an adapter of another
-  library: see :func:`solve_block`); ``steps`` is one step rule or a list, one per block;
+  library: any :class:`~symode.bench.contestants.Contestant`); ``steps`` is one step rule
+  or a list, one per block;
   ``stats`` (:class:`SummedStats`) sums the solves' counts over the blocks, backward counts
   included once ``backward()`` has run;
 * ``resample(seed)``: what changes from one training iteration to the next (the CNF's
@@ -41,19 +42,19 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass, replace
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 
-from .integrate import Stats
-from .solve import solve
+from .. import AdaptiveSteps, FixedSteps, Stats
+from .contestants import as_contestant
+from .fields import CNFBlock, MLPField, gaussian_mixture
 
-__all__ = ["BenchProblem", "CNFProblem", "MLPProblem", "CNFSpec", "MLPSpec", "ConcatMLP", "CNFBlock",
-           "MLPField", "SummedStats", "PROBLEMS", "get_problem", "solve_block"]
+__all__ = ["BenchProblem", "CNFProblem", "MLPProblem", "CNFSpec", "MLPSpec", "SummedStats", "PROBLEMS",
+           "get_problem", "Steps"]
 
-_ACTIVATIONS = {"tanh": torch.nn.Tanh, "softplus": torch.nn.Softplus, "relu": torch.nn.ReLU,
-                "elu": torch.nn.ELU}
-
+#: one step rule for every block, or a sequence of them, one per block
+Steps = FixedSteps | AdaptiveSteps | Sequence[FixedSteps | AdaptiveSteps] | None
 
 # --------------------------------------------------------------------------------------
 class SummedStats:
@@ -85,21 +86,13 @@ class SummedStats:
         return f"SummedStats({', '.join(f'{k}={v}' for k, v in self.as_dict().items())}, blocks={len(self.parts)})"
 
 
-def solve_block(func, y0, t, method, steps, gradient):
-    """``(ys, stats, grid)`` of one solve: ``symode.solve``, or, when ``gradient`` has a
-    ``solve_ode(func, y0, t, method, steps) -> (ys, stats, grid)`` method (an adapter of
-    another library, such as ``symode.cli.PeerGradient``), that. ``grid`` may be None."""
-    if hasattr(gradient, "solve_ode"):
-        return gradient.solve_ode(func, y0, t, method, steps)
-    sol = solve(func, y0, t, method=method, steps=steps, gradient=gradient)
-    return sol.ys, sol.stats, sol.grid
-
-
-def _steps_for_block(steps, k: int):
+def _steps_for_block(steps: Steps, k: int) -> FixedSteps | AdaptiveSteps:
     """``steps`` may be one step rule for every block or a sequence of them, one per block."""
     if isinstance(steps, (list, tuple)):
         return steps[k]
-    return steps
+    if steps is None:
+        return AdaptiveSteps()
+    return steps  # type: ignore[return-value]
 
 
 class BenchProblem:
@@ -120,7 +113,10 @@ class BenchProblem:
     def num_blocks(self) -> int:
         return 1
 
-    def loss(self, gradient="backprop", method="dopri5", steps=None) -> tuple[torch.Tensor, SummedStats]:
+    def loss(self, gradient: Any = "backprop", method: str = "dopri5",
+             steps: Steps = None) -> tuple[torch.Tensor, SummedStats]:
+        """One forward solve per block, differentiated by ``gradient`` (a gradient method,
+        its name, or a contestant): ``(loss, stats)``."""
         raise NotImplementedError
 
     def resample(self, seed: int) -> None:
@@ -132,67 +128,6 @@ class BenchProblem:
 
 # --------------------------------------------------------------------------------------
 # continuous normalizing flows
-class ConcatMLP(torch.nn.Module):
-    """``g(t, z)``: an MLP ``dim -> hidden[0] -> ... -> dim`` whose every layer takes ``t``
-    concatenated to its input (FFJORD's ``ConcatLinear``: ``Linear(cat([t, x]))``), with
-    ``activation`` after every hidden layer."""
-
-    def __init__(self, dim: int, hidden: Sequence[int], activation: str):
-        super().__init__()
-        sizes = [dim, *hidden, dim]
-        self.layers = torch.nn.ModuleList(torch.nn.Linear(a + 1, b) for a, b in zip(sizes[:-1], sizes[1:]))
-        self.activation = _ACTIVATIONS[activation]()
-
-    def forward(self, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        tt = t.expand(*z.shape[:-1], 1)
-        x = z
-        for i, layer in enumerate(self.layers):
-            x = layer(torch.cat([tt, x], dim=-1))
-            if i + 1 < len(self.layers):
-                x = self.activation(x)
-        return x
-
-
-class CNFBlock(torch.nn.Module):
-    """One CNF: ``f(t, (z, logp)) = (g(t, z), -e^T (dg/dz) e)`` with the Hutchinson noise
-    ``e`` a buffer (shape ``(batch, dim)``) that :meth:`resample` redraws."""
-
-    def __init__(self, dim: int, hidden: Sequence[int], activation: str, batch: int, noise: str = "gaussian"):
-        super().__init__()
-        if noise not in ("gaussian", "rademacher"):
-            raise ValueError(f"noise must be 'gaussian' or 'rademacher', got {noise!r}")
-        self.net = ConcatMLP(dim, hidden, activation)
-        self.noise_kind = noise
-        self.register_buffer("noise", torch.zeros(batch, dim))
-
-    def resample(self, generator: torch.Generator) -> None:
-        e = torch.randn(self.noise.shape, generator=generator, dtype=torch.float64)
-        if self.noise_kind == "rademacher":
-            e = torch.sign(e) + (e == 0)
-        self.noise.copy_(e.to(self.noise.dtype))
-
-    def forward(self, t: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]):
-        z, _ = state
-        with torch.enable_grad():
-            # a fresh leaf when the solver runs without a graph (no graph is lost then)
-            z = z if z.requires_grad else z.detach().requires_grad_(True)
-            dz = self.net(t, z)
-            e = self.noise
-            e_dg = torch.autograd.grad(dz, z, e, create_graph=True)[0]  # e^T dg/dz
-        return dz, -(e_dg * e).sum(-1)
-
-
-def gaussian_mixture(n: int, dim: int, *, components: int = 8, scale: float = 0.5, seed: int = 0,
-                     dtype=torch.float64) -> torch.Tensor:
-    """``n`` samples of a mixture of ``components`` Gaussians in ``dim`` dimensions (means
-    ~ N(0, I), standard deviation ``scale``), drawn in float64 from ``seed``."""
-    gen = torch.Generator().manual_seed(seed)
-    means = torch.randn(components, dim, generator=gen, dtype=torch.float64)
-    which = torch.randint(components, (n,), generator=gen)
-    x = means[which] + scale * torch.randn(n, dim, generator=gen, dtype=torch.float64)
-    return x.to(dtype)
-
-
 class CNFProblem(BenchProblem):
     """``M`` stacked CNF blocks (see the module docstring)."""
 
@@ -222,20 +157,23 @@ class CNFProblem(BenchProblem):
         log_normal = -0.5 * z.pow(2).sum(-1) - 0.5 * z.shape[-1] * math.log(2 * math.pi)
         return log_normal - logp
 
-    def flow(self, gradient="backprop", method="dopri5", steps=None):
+    def flow(self, gradient: Any = "backprop", method: str = "dopri5",
+             steps: Steps = None) -> tuple[torch.Tensor, torch.Tensor, SummedStats]:
         """``(z_M, logp_M, stats)``: the data pushed through every block."""
+        contestant = as_contestant(gradient)
         z = self.data
         logp = self.data.new_zeros(self.data.shape[:-1])
         parts, grids = [], []
         for k, block in enumerate(self.modules):
-            (zs, logps), block_stats, grid = solve_block(block, (z, logp), self.t, method,
-                                                         _steps_for_block(steps, k), gradient)
+            (zs, logps), block_stats, grid = contestant.solve_ode(block, (z, logp), self.t, method,
+                                                                  _steps_for_block(steps, k))
             z, logp = zs[-1], logps[-1]
             parts.append(block_stats)
             grids.append(grid)
         return z, logp, SummedStats(parts, grids)
 
-    def loss(self, gradient="backprop", method="dopri5", steps=None):
+    def loss(self, gradient: Any = "backprop", method: str = "dopri5",
+             steps: Steps = None) -> tuple[torch.Tensor, SummedStats]:
         z, logp, stats = self.flow(gradient, method, steps)
         return -self.log_likelihood(z, logp).mean(), stats
 
@@ -314,33 +252,6 @@ class CNFSpec:
 
 # --------------------------------------------------------------------------------------
 # a plain neural ODE
-class MLPField(torch.nn.Module):
-    """An autonomous vector field ``f(t, y) = MLP(y)``: dim -> width -> width -> dim, softplus.
-
-    ``gain`` multiplies every weight of PyTorch's default initialisation. At ``gain=1`` the
-    flow over ``[0, 1]`` is nearly linear: dopri5 needs 3-4 steps and in float32 the error
-    estimate is then dominated by round-off (7 steps at rtol=atol=1e-6 against 4 in float64).
-    At ``gain=3`` the dynamics are non-trivial, the step count is set by the truncation error
-    (17 steps at 1e-6 in both precisions) and the state grows about tenfold: a many-step
-    solve, where memory that grows with the steps shows.
-    """
-
-    def __init__(self, dim: int, width: int, gain: float = 1.0):
-        super().__init__()
-        self.net = torch.nn.Sequential(
-            torch.nn.Linear(dim, width), torch.nn.Softplus(),
-            torch.nn.Linear(width, width), torch.nn.Softplus(),
-            torch.nn.Linear(width, dim))
-        if gain != 1.0:
-            with torch.no_grad():
-                for layer in self.net:
-                    if isinstance(layer, torch.nn.Linear):
-                        layer.weight.mul_(gain)
-
-    def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return self.net(y)
-
-
 class MLPProblem(BenchProblem):
     """A neural ODE ``dy/dt = MLP(y)`` on ``[0, t1]``, ``loss = mean(y(t1)**2)``; the gradient
     is taken with respect to ``y0`` and the parameters."""
@@ -356,8 +267,10 @@ class MLPProblem(BenchProblem):
     def inputs(self) -> tuple[torch.Tensor, ...]:
         return (self.y0, *super().inputs)
 
-    def loss(self, gradient="backprop", method="dopri5", steps=None):
-        ys, stats, grid = solve_block(self.modules, self.y0, self.t, method, _steps_for_block(steps, 0), gradient)
+    def loss(self, gradient: Any = "backprop", method: str = "dopri5",
+             steps: Steps = None) -> tuple[torch.Tensor, SummedStats]:
+        ys, stats, grid = as_contestant(gradient).solve_ode(self.modules, self.y0, self.t, method,
+                                                            _steps_for_block(steps, 0))
         return ys[-1].pow(2).mean(), SummedStats([stats], [grid])
 
     def converted(self, dtype: torch.dtype) -> "MLPProblem":

@@ -113,21 +113,21 @@ def _peak_memory_cpu(fn, args, kwargs) -> MemoryResult:
     from torch.profiler import ProfilerActivity, profile
 
     prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
-    with _quiet_stderr():  # the profiler's library logs "profiler_start"/"profiler_stop" lines
+    with quiet_stderr():  # the profiler's library logs "profiler_start"/"profiler_stop" lines
         prof.__enter__()
     try:
         canary = torch.empty(_CANARY_BYTES, dtype=torch.uint8)
         del canary
         result = fn(*args, **kwargs)
     finally:
-        with _quiet_stderr():
+        with quiet_stderr():
             prof.__exit__(None, None, None)
     deltas = _cpu_memory_deltas(prof)
     return MemoryResult(peak_bytes=_peak_after_canary(deltas), result=result)
 
 
 @contextlib.contextmanager
-def _quiet_stderr():
+def quiet_stderr():
     """Silence file descriptor 2 (C++ logging bypasses ``sys.stderr``) for a moment."""
     sys.stderr.flush()
     saved = os.dup(2)

@@ -1,0 +1,120 @@
+"""``ODEProblem``: a validated initial value problem, as the gradient methods see it.
+
+``symode.solve`` turns the user's ``func``, ``y0`` and ``t`` into an ``ODEProblem``: one
+state tensor (tuple states are flattened into one vector, see ``StateLayout``), output times
+as Python floats, the tableau, the step-size rule, the tolerances and the parameters to
+differentiate. Gradient methods only use this object, so none of them handles tuples, dtypes
+or input checks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+
+from ._compiled import CompiledStep
+from ._integrate import Trajectory, integrate
+from ._stats import Stats
+from ._state import StateLayout
+from ._step_size import AdaptiveSteps, FixedSteps, Norm
+from ._tableau import ButcherTableau
+
+__all__ = ["ODEProblem", "Rhs"]
+
+#: ``rhs(t, y, dt=None)``: ``f`` at a float time (``dt``: a zero-valued tensor that carries the
+#: time's gradient), counting each call.
+Rhs = Callable[..., torch.Tensor]
+
+
+@dataclass(frozen=True)
+class ODEProblem:
+    """What a gradient method is given (the extension contract; see ``GradientMethod``).
+
+    Attributes:
+        func: ``func(t, y)``, the vector field on the flat state tensor, ``t`` a 0-dim tensor
+            of the state's dtype; it checks what the user's ``func`` returns.
+        y0: the initial state as one tensor (tuple states flattened; see ``layout``).
+        t_out: the output times as Python floats (float64), ``t_out[0]`` the initial time;
+            strictly monotone.
+        tableau: the Runge-Kutta method.
+        steps: the step-size rule: ``FixedSteps`` or ``AdaptiveSteps``.
+        layout: the state's structure (``StateLayout``): tuple components, tolerance and
+            norm conversions.
+        rtol, atol: the tolerances of adaptive steps as floats or tensors shaped like ``y0``
+            (``None`` for fixed steps).
+        norm: the error norm of adaptive steps on ``y0``'s shape (``None`` for fixed steps).
+        params: the tensors to differentiate besides ``y0`` (those that require grad).
+        params_explicit: whether the user named them (``adjoint_params``).
+        t: the output times as the user gave them, when their gradient is asked for (else
+            ``None``).
+        compile: take the forward steps with ``torch.compile`` (``symode._compiled``).
+        stats: the counts of this solve; the gradient methods add their backward counts.
+    """
+
+    func: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    y0: torch.Tensor
+    t_out: Sequence[float]
+    tableau: ButcherTableau
+    steps: FixedSteps | AdaptiveSteps
+    layout: StateLayout
+    rtol: float | torch.Tensor | None = None
+    atol: float | torch.Tensor | None = None
+    norm: Norm | None = None
+    params: tuple[torch.Tensor, ...] = ()
+    params_explicit: bool = False
+    t: torch.Tensor | None = None
+    compile: bool = False
+    stats: Stats = field(default_factory=Stats)
+
+    def time(self, t: float) -> torch.Tensor:
+        """The time tensor handed to ``func``: 0-dim, of the state's dtype and device."""
+        return torch.scalar_tensor(t, dtype=self.y0.dtype, device=self.y0.device)
+
+    def rhs(self, counter: str = "nfe_forward") -> Rhs:
+        """``rhs(t_float, y, dt=None)``, counting each call in ``stats.<counter>``; ``dt``
+        is a zero-valued tensor added to the time to carry its gradient."""
+        func, time, stats = self.func, self.time, self.stats
+
+        def rhs(t: float, y: torch.Tensor, dt: torch.Tensor | None = None) -> torch.Tensor:
+            stats.count(counter)
+            return func(time(t) if dt is None else time(t) + dt, y)
+        return rhs
+
+    def integrate(self, y0: torch.Tensor | None = None, *, keep_states: bool = False,
+                  keep_stages: bool = False, f0: torch.Tensor | None = None,
+                  time_carriers: Sequence[torch.Tensor] | None = None) -> Trajectory:
+        """The forward solve: run the time loop from ``y0`` (default: the problem's), counting
+        the calls of ``f`` in ``stats.nfe_forward``; with ``compile``, its steps are compiled
+        (``symode._compiled``). ``keep_states``/``keep_stages`` keep every accepted state/the
+        stage states of every step; ``f0 = f(t0, y0)`` if already evaluated;
+        ``time_carriers``: see ``time_carriers``."""
+        rhs, step = self.rhs(), None
+        if self.compile:
+            def count(n: int) -> None:
+                self.stats.count("nfe_forward", n)
+            step = CompiledStep(self.func, rhs, self.tableau, count, self.y0.dtype, self.y0.device)
+        return integrate(rhs, self.y0 if y0 is None else y0, self.t_out, self.tableau, self.steps,
+                         rtol=self.rtol, atol=self.atol, norm=self.norm,
+                         keep_states=keep_states, keep_stages=keep_stages, stats=self.stats, f0=f0,
+                         time_carriers=time_carriers, step=step)
+
+    @property
+    def wants_time_grad(self) -> bool:
+        """Whether the gradient with respect to the output times is asked for."""
+        return torch.is_grad_enabled() and self.t is not None and self.t.requires_grad
+
+    def time_carriers(self) -> list[torch.Tensor]:
+        """Per output time, a tensor of value zero whose gradient is that of ``t[k]``
+        (in the state's dtype): see ``symode._runge_kutta``."""
+        if self.t is None:
+            raise ValueError("the output times' gradient was not asked for (ODEProblem.t is None)")
+        zero = self.t - self.t.detach()
+        return list(zero.to(self.y0.dtype).unbind())
+
+    @property
+    def requires_grad(self) -> bool:
+        """Whether a gradient is asked for at all (grad mode on and something requires it)."""
+        return torch.is_grad_enabled() and (self.y0.requires_grad or any(p.requires_grad for p in self.params)
+                                            or (self.t is not None and self.t.requires_grad))

@@ -1,0 +1,164 @@
+"""``symode.solve``: input validation, the dtype policy, dispatch to a gradient method.
+
+Dtype policy (stated once, applied here):
+
+* The state's dtype is ``y0``'s: a real floating dtype; every tuple component shares it and
+  its device. All arithmetic on the state (stages, weights, error estimate) is done in it.
+* Output times ``t`` may have any real dtype. The time loop works on them as Python floats
+  (float64): step sizes, clipping to output times and stage times are computed in float64,
+  so a float32 state does not degrade the time grid.
+* ``func`` receives ``t`` as a 0-dim tensor of the state's dtype on the state's device and
+  ``y`` of the state's dtype; it must return the state's shape and dtype (else ``TypeError``
+  or ``ValueError``).
+* ``rtol``/``atol`` tensors are cast to the state's dtype.
+* The output ``ys`` has the state's dtype; ``Solution.ts`` is ``t`` as given.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import torch
+
+from ._checks import check_bool
+from ._ivp import ODEProblem
+from ._methods import get_tableau
+from ._state import State, StateLayout
+from ._stats import Stats
+from ._step_size import AdaptiveSteps, FixedSteps
+from ._tableau import ButcherTableau
+from .gradients import GradientMethod, get_gradient_method
+
+__all__ = ["Solution", "solve"]
+
+
+@dataclass
+class Solution:
+    """The result of ``symode.solve``.
+
+    Attributes:
+        ts: the output times, as given.
+        ys: the states at ``ts``: a tensor of shape ``(len(t), *y0.shape)``, or a tuple of
+            them for a tuple ``y0``.
+        stats: accepted/rejected steps and evaluations of ``f`` forward and backward (the
+            backward counts fill in when ``.backward()`` runs).
+        grid: the accepted step endpoints (float64), ``t[0]`` first.
+    """
+
+    ts: torch.Tensor
+    ys: State
+    stats: Stats
+    grid: torch.Tensor
+
+
+def solve(func: Callable[..., Any], y0: State, t: Any, *, method: str | ButcherTableau = "dopri5",
+          steps: FixedSteps | AdaptiveSteps | None = None,
+          gradient: str | GradientMethod = "backprop",
+          adjoint_params: Sequence[torch.Tensor] | None = None, compile: bool = False) -> Solution:
+    """Solve ``dy/dt = func(t, y)``, ``y(t[0]) = y0``, and return the states at the times ``t``.
+
+    Args:
+        func: ``func(t, y) -> dy/dt``; an ``nn.Module`` or any callable. ``y`` and the result
+            have ``y0``'s structure (a tensor, or a tuple of tensors).
+        y0: the initial state: a floating tensor or a tuple of them.
+        t: 1-D, strictly increasing or strictly decreasing output times; ``t[0]`` is the
+            initial time. Every output time is a step endpoint (no interpolation).
+        method: a name from ``symode.TABLEAUS`` or a ``ButcherTableau``.
+        steps: ``FixedSteps(step_size=h)`` / ``FixedSteps(grid=...)``, or
+            ``AdaptiveSteps(rtol=..., atol=..., ...)``; default ``AdaptiveSteps()`` for
+            methods with an error estimate (a fixed method needs ``FixedSteps``).
+        gradient: how to differentiate: ``"backprop"``, ``"symplectic_adjoint"`` or a
+            ``GradientMethod`` object such as ``symode.SymplecticAdjoint()``.
+        adjoint_params: the tensors to differentiate besides ``y0``; default: the parameters
+            of ``func`` if it is an ``nn.Module``, else none. Used by the adjoint methods;
+            backprop differentiates whatever ``func`` uses.
+        compile: take the forward steps with ``torch.compile``: each step (every stage's
+            call of ``func`` and every combination) becomes one fused graph, which pays where
+            per-operation overhead dominates (small networks). The first solve of a
+            configuration compiles; results agree with an eager solve to round-off. Not with
+            backprop through a ``func`` that differentiates itself (torch.compile has no
+            double backward).
+
+    Returns:
+        A :class:`Solution`: the states at ``t``, the accepted grid and the counts.
+
+    Raises:
+        TypeError, ValueError: a bad argument (the message names it and the fix).
+        SolveError: the solve cannot succeed (step size underflow, too many steps, a
+            non-finite state), with the time it reached.
+    """
+    if not callable(func):
+        raise TypeError(f"func must be callable as func(t, y), got {func!r}")
+    tableau = get_tableau(method)
+    grad_method = get_gradient_method(gradient)
+    check_bool(compile, "compile")
+    layout = StateLayout.of(y0)
+    ts, t_out = _output_times(t)
+    if steps is None:
+        tableau.check_adaptive()
+        steps = AdaptiveSteps()
+    elif not isinstance(steps, (FixedSteps, AdaptiveSteps)):
+        raise TypeError(f"steps must be symode.FixedSteps or symode.AdaptiveSteps, got {steps!r}")
+    adaptive = isinstance(steps, AdaptiveSteps)
+    if adaptive:
+        tableau.check_adaptive()
+    params, explicit = _parameters(func, adjoint_params)
+    if ts.requires_grad and not grad_method.time_gradient:
+        warnings.warn(f"t requires grad, but {grad_method!r} does not differentiate with respect to the "
+                      f"output times: t gets no gradient", stacklevel=2)
+    problem = ODEProblem(
+        func=layout.wrap(func), y0=layout.flat_y0, t_out=t_out, tableau=tableau, steps=steps, layout=layout,
+        rtol=layout.tolerance(steps.rtol, "rtol") if isinstance(steps, AdaptiveSteps) else None,
+        atol=layout.tolerance(steps.atol, "atol") if isinstance(steps, AdaptiveSteps) else None,
+        norm=layout.norm if adaptive else None, params=params, params_explicit=explicit,
+        t=ts if ts.requires_grad and ts.is_floating_point() and grad_method.time_gradient else None,
+        compile=compile)
+    ys, trajectory = grad_method.solve(problem)
+    grid = torch.tensor(trajectory.grid, dtype=torch.float64)
+    return Solution(ts=ts, ys=layout.unflatten(ys, (ys.shape[0],)), stats=problem.stats, grid=grid)
+
+
+# --------------------------------------------------------------------------------------
+def _output_times(t: Any) -> tuple[torch.Tensor, list[float]]:
+    if not isinstance(t, torch.Tensor):
+        try:
+            t = torch.as_tensor(t)
+        except (TypeError, ValueError, RuntimeError):
+            raise TypeError(f"t must be a 1-D tensor of times, got {t!r}") from None
+    if t.ndim != 1 or t.numel() == 0:
+        raise ValueError(f"t must be a 1-D tensor with at least one time, got shape {tuple(t.shape)}")
+    if t.is_complex() or t.dtype == torch.bool:
+        raise TypeError(f"t must hold real times, got dtype {t.dtype}")
+    t_out = t.detach().to("cpu", torch.float64).tolist()
+    if not all(math.isfinite(v) for v in t_out):
+        raise ValueError(f"t must be finite, got {t_out}")
+    if len(t_out) > 1:
+        diffs = [b - a for a, b in zip(t_out, t_out[1:])]
+        if not (all(d > 0 for d in diffs) or all(d < 0 for d in diffs)):
+            increasing = diffs[0] > 0
+            bad = next(i for i, d in enumerate(diffs) if (d <= 0 if increasing else d >= 0))
+            raise ValueError(
+                f"t must be strictly increasing or strictly decreasing; t[{bad}] = {t_out[bad]!r} and "
+                f"t[{bad + 1}] = {t_out[bad + 1]!r} break that (sort t and drop repeated times)")
+    return t, t_out
+
+
+def _parameters(func: Any, adjoint_params: Any) -> tuple[tuple[torch.Tensor, ...], bool]:
+    if adjoint_params is None:
+        if isinstance(func, torch.nn.Module):
+            return tuple(p for p in func.parameters() if p.requires_grad), False
+        return (), False
+    if isinstance(adjoint_params, torch.Tensor):
+        adjoint_params = (adjoint_params,)
+    try:
+        params = tuple(adjoint_params)
+    except TypeError:
+        raise TypeError(f"adjoint_params must be a sequence of tensors, got {adjoint_params!r}") from None
+    for i, p in enumerate(params):
+        if not isinstance(p, torch.Tensor):
+            raise TypeError(f"adjoint_params[{i}] must be a tensor, got {type(p).__name__}")
+    unique = {id(p): p for p in params}
+    return tuple(p for p in unique.values() if p.requires_grad), True
