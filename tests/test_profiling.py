@@ -1,4 +1,4 @@
-"""Tests for symode.profiling.peak_memory (CPU profiler path; CUDA path when a GPU exists)."""
+"""Tests for symode.bench.memory.peak_memory (CPU profiler path; CUDA path when a GPU exists)."""
 
 import pytest
 import torch
@@ -146,3 +146,119 @@ def test_cuda_known_allocations():
     assert [r.peak_bytes for r in rs] == [3 * MiB] * 3
     assert rs[0].result.device.type == "cuda"
     del before
+
+
+# --- the figure is a property of the call alone -------------------------------------
+# The CPU allocator reports the free of a block only if the block was allocated while a
+# profiler recorded memory. Summing every free made a call that frees tensors left by an
+# earlier call read lower exactly when that earlier call had itself been profiled.
+
+
+def test_freeing_older_tensors_does_not_depend_on_history():
+    held = []
+
+    def leave_tensors():  # what an earlier call leaves behind: 4 MB + 2 MB
+        held.append(torch.empty(1_000_000, dtype=torch.float32))
+        held.append(torch.empty(250_000, dtype=torch.float64))
+
+    def call():  # frees whatever was left, then the known 12,000,000 B pattern
+        held.clear()
+        return _alloc_pattern()
+
+    fresh = peak_memory(call).peak_bytes  # (a) first, nothing left to free
+    leave_tensors()
+    after_unprofiled = peak_memory(call).peak_bytes  # (b) left by an unprofiled call
+    peak_memory(leave_tensors)
+    assert len(held) == 2
+    after_profiled = peak_memory(call).peak_bytes  # (c) left by a profiled call
+    assert not held
+    assert fresh == after_unprofiled == after_profiled == 12_000_000
+
+
+def test_training_step_setting_grads_to_none_does_not_depend_on_history():
+    # A training step that starts with zero_grad(set_to_none=True): it frees the .grad
+    # buffers of the previous step (|theta| + |y|) and allocates new ones in backward.
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(43, 64), torch.nn.Softplus(), torch.nn.Linear(64, 43))
+    y0 = torch.randn(32, 43, requires_grad=True)
+    tensors = [y0, *net.parameters()]
+
+    def step():
+        for t in tensors:
+            t.grad = None
+        y = y0
+        for _ in range(3):
+            y = y + 0.1 * net(y)
+        y.pow(2).mean().backward()
+
+    def clear():
+        for t in tensors:
+            t.grad = None
+
+    clear()
+    fresh = peak_memory(step).peak_bytes  # (a) no .grad to free
+    clear()
+    step()
+    after_unprofiled = peak_memory(step).peak_bytes  # (b) .grad left by an unprofiled step
+    clear()
+    peak_memory(step)
+    after_profiled = peak_memory(step).peak_bytes  # (c) .grad left by a profiled step
+    assert fresh == after_unprofiled == after_profiled
+    assert fresh >= 4 * sum(t.numel() for t in tensors)  # the new .grad buffers count
+
+
+@pytest.mark.parametrize("profiled_setup", [False, True])
+def test_known_figure_with_an_older_tensor_freed(profiled_setup):
+    def alloc_free_1mib():
+        x = torch.empty(MiB // 4, dtype=torch.float32)
+        del x
+
+    assert peak_memory(alloc_free_1mib).peak_bytes == MiB
+    # A 4 MiB tensor alive before the call (allocated under a profiler or not), freed inside
+    # it, does not lower the peak of a later 1 MiB allocation.
+    holder = []
+
+    def setup():
+        holder.append(torch.empty(MiB, dtype=torch.float32))
+
+    if profiled_setup:
+        peak_memory(setup)
+    else:
+        setup()
+
+    def free_then_alloc():
+        holder.clear()
+        alloc_free_1mib()
+
+    assert peak_memory(free_then_alloc).peak_bytes == MiB
+    assert not holder
+
+
+def test_peak_matches_frees_to_allocations_by_address():
+    c = profiling._CANARY_BYTES
+    canary = [(0x10, c), (0x10, -c)]
+    # A free at an address with no block allocated after the canary is ignored; an address
+    # reused after its free is a new block (the canary's address included).
+    events = canary + [(0x20, -400), (0x30, 100), (0x30, -100), (0x30, 60), (0x10, 50), (0x20, 30)]
+    assert profiling._peak_after_canary(events) == 140
+    assert profiling._peak_after_canary(events[:2] + [(0x99, -c)] + events[2:]) == 140
+    # Events before the canary do not count, nor do their frees.
+    assert profiling._peak_after_canary([(0x40, 500)] + canary + [(0x40, -500), (0x50, 7)]) == 7
+    # Inconsistent events fail loudly rather than give a wrong figure.
+    with pytest.raises(RuntimeError, match=TESTED_TORCH_VERSION):
+        profiling._peak_after_canary(canary + [(0x30, 100), (0x30, 100)])  # no free between
+    with pytest.raises(RuntimeError, match=TESTED_TORCH_VERSION):
+        profiling._peak_after_canary(canary + [(0x30, 100), (0x30, -99)])  # size mismatch
+    with pytest.raises(RuntimeError, match=TESTED_TORCH_VERSION):
+        profiling._peak_after_canary([(0x10, c)])  # canary never freed
+
+
+def test_quiet_stderr_silences_file_descriptor_2(capfd):
+    import os
+
+    from symode.bench.memory import quiet_stderr
+
+    with quiet_stderr():
+        os.write(2, b"hidden\n")
+    os.write(2, b"shown\n")
+    assert capfd.readouterr().err == "shown\n"

@@ -3,34 +3,59 @@
 What it measures
     :func:`peak_memory` runs ``fn(*args, **kwargs)`` once and reports the peak,
     during the call, of the bytes allocated by torch's allocator *above what was
-    allocated when the call started*. Tensors alive before the call do not count;
-    tensors the call creates count while they are alive inside the call
+    allocated when the call started*, counting only memory allocated inside the
+    call: tensors the call creates count while they are alive inside the call
     (including the ones it returns, and tensors that a custom
-    ``autograd.Function`` keeps as ``ctx`` attributes). Memory that is not
-    allocated by torch (Python objects, numpy arrays) is not seen.
+    ``autograd.Function`` keeps as ``ctx`` attributes). Tensors alive before the
+    call do not count, and on CPU neither does freeing them: a call that drops
+    tensors left by an earlier call (``.grad`` set to None, a cache replaced, a
+    list popped) gets the same figure as the same call with those tensors
+    already gone. The figure is a property of the call alone, whatever ran
+    before it, profiled or not. Memory that is not allocated by torch (Python
+    objects, numpy arrays) is not seen.
 
 Why this way
     On CUDA, torch keeps allocator statistics: we reset the peak, record
     ``memory_allocated()`` before the call and subtract it from
-    ``max_memory_allocated()`` after it.
+    ``max_memory_allocated()`` after it. These statistics cannot tell the
+    call's blocks from older ones, so on CUDA (only) a call that frees tensors
+    alive before it and then allocates reads lower by up to the bytes it freed;
+    the figure does not depend on whether anything was profiled before.
 
     On CPU, torch keeps no memory statistics, tracemalloc does not see tensors,
     and RSS-based measures (ru_maxrss, VmHWM) mostly measure allocator
     fragmentation (see ``shared/design/measuring.md``). We therefore run the call
     under ``torch.profiler`` with ``profile_memory=True``, which records one
-    ``"[memory]"`` event per CPU allocator allocation (+nbytes) and free
-    (-nbytes), and take the peak of the running sum of those deltas. The result
-    is exact (the CPU allocator reports the requested byte count, no rounding)
-    and identical from run to run.
+    memory event per CPU allocator allocation (+nbytes) and free (-nbytes), each
+    with the block's address. We replay the events in time order, keeping the
+    blocks allocated inside the call by address: an allocation adds its bytes, a
+    free at the address of such a block removes them, and the peak of that sum is
+    the figure. A free at any other address frees memory allocated before the
+    call, and is ignored. The result is exact (the CPU allocator reports the
+    requested byte count, no rounding) and identical from run to run.
 
-    The events are read from the profiler's raw kineto results,
-    ``prof.profiler.kineto_results.events()``, which is private API: the public
-    ``prof.events()`` list drops most ``"[memory]"`` events and gives a wrong
-    peak. This was written against torch 2.13.0 (:data:`TESTED_TORCH_VERSION`);
-    if the private access breaks, :func:`peak_memory` raises ``RuntimeError``
-    rather than returning a wrong figure. A small, known "canary" allocation is
-    made inside the profiling window before ``fn`` runs, to check that memory
-    events are really being recorded.
+    Summing every free, as this module did at first, makes the figure depend on
+    history: the CPU allocator reports a free only if it knows the block's size,
+    i.e. only if the block was allocated while a profiler recorded memory. So a
+    call that frees tensors of an earlier call saw those frees (and read lower)
+    exactly when the earlier call had itself been profiled: ``.grad`` buffers
+    set to None at the start of a training step read |theta| + |y| lower after a
+    profiled step than after an unprofiled one or on first use.
+
+    The events are read from the profiler's raw results,
+    ``prof.profiler.kineto_results``, which is private API: the event tree
+    (``experimental_event_tree()``) gives each allocation event's address
+    (``extra_fields.ptr``), size and device, and the flat kineto event list
+    (``events()``, ``nbytes()``) must hold the same memory events, which is
+    checked. (The public ``prof.events()`` list drops most ``"[memory]"`` events
+    and gives a wrong peak.) This was written against torch 2.13.0
+    (:data:`TESTED_TORCH_VERSION`); if the private access breaks, or the events
+    are inconsistent (two allocations at one address with no free between them,
+    a block freed with another size than allocated), :func:`peak_memory` raises
+    ``RuntimeError`` rather than returning a wrong figure. A small, known
+    "canary" allocation is made inside the profiling window before ``fn`` runs,
+    to check that memory events are really being recorded; the call's events are
+    those after the canary's free.
 
 Cost
     The CPU profiler costs about 1 s to start and ~35 us per torch operation, so
@@ -48,7 +73,7 @@ from typing import Any, Callable
 
 import torch
 
-__all__ = ["MemoryResult", "peak_memory", "TESTED_TORCH_VERSION"]
+__all__ = ["MemoryResult", "peak_memory", "quiet_stderr", "TESTED_TORCH_VERSION"]
 
 #: The torch version whose private profiler attributes this module was written against.
 TESTED_TORCH_VERSION = "2.13.0"
@@ -122,13 +147,18 @@ def _peak_memory_cpu(fn, args, kwargs) -> MemoryResult:
     finally:
         with quiet_stderr():
             prof.__exit__(None, None, None)
-    deltas = _cpu_memory_deltas(prof)
-    return MemoryResult(peak_bytes=_peak_after_canary(deltas), result=result)
+    events = _cpu_memory_deltas(prof)
+    return MemoryResult(peak_bytes=_peak_after_canary(events), result=result)
 
 
 @contextlib.contextmanager
 def quiet_stderr():
-    """Silence file descriptor 2 (C++ logging bypasses ``sys.stderr``) for a moment."""
+    """Silence file descriptor 2 for the duration of the ``with`` block.
+
+    C++ logging (the profiler's "profiler_start"/"profiler_stop" lines, torch warnings
+    printed by ``LOG(WARNING)``) writes to the file descriptor directly, bypassing
+    ``sys.stderr``, so redirecting ``sys.stderr`` would not silence it.
+    """
     sys.stderr.flush()
     saved = os.dup(2)
     try:
@@ -142,39 +172,80 @@ def quiet_stderr():
 
 def _broken(what: str) -> RuntimeError:
     return RuntimeError(
-        f"symode.profiling: {what}. CPU peak memory relies on private torch profiler "
-        f"attributes (prof.profiler.kineto_results.events(), event.nbytes()), tested "
-        f"with torch {TESTED_TORCH_VERSION}; this is torch {torch.__version__}."
+        f"symode.bench.memory: {what}. CPU peak memory relies on private torch profiler "
+        f"attributes (prof.profiler.kineto_results.experimental_event_tree() and the "
+        f"allocation events' extra_fields.ptr/.alloc_size/.device, cross-checked against "
+        f"prof.profiler.kineto_results.events() and event.nbytes()), tested with torch "
+        f"{TESTED_TORCH_VERSION}; this is torch {torch.__version__}."
     )
 
 
-def _cpu_memory_deltas(prof) -> list[int]:
-    """Byte deltas of the CPU allocator's "[memory]" events, in time order."""
+def _cpu_memory_deltas(prof) -> list[tuple[int, int]]:
+    """``(address, byte delta)`` of every CPU allocator allocation (+) and free (-) the
+    profiler recorded, in time order (ties keep the order of recording)."""
     try:
-        events = prof.profiler.kineto_results.events()
+        results = prof.profiler.kineto_results
+        allocation = torch._C._profiler._EventType.Allocation
         mem = []
-        for e in events:
-            if e.name() != "[memory]":
+        stack = list(reversed(results.experimental_event_tree()))
+        while stack:  # depth-first, pre-order: the order in which the tree was built
+            e = stack.pop()
+            stack.extend(reversed(e.children))
+            if e.tag != allocation:
                 continue
-            if e.device_type() != torch._C._autograd.DeviceType.CPU:
+            fields = e.extra_fields
+            if fields.device.type != "cpu":
                 continue
-            mem.append((e.start_ns(), int(e.nbytes())))
+            mem.append((int(e.start_time_ns), int(fields.ptr), int(fields.alloc_size)))
+        # Cross-check: the flat kineto event list must hold the same CPU memory events.
+        flat = sorted(
+            int(e.nbytes())
+            for e in results.events()
+            if e.name() == "[memory]" and e.device_type() == torch._C._autograd.DeviceType.CPU
+        )
     except Exception as exc:  # private API changed
         raise _broken(f"could not read the profiler's memory events ({exc!r})") from exc
-    mem.sort(key=lambda t: t[0])  # stable: ties keep recording order
-    return [d for _, d in mem]
+    if sorted(d for _, _, d in mem) != flat:
+        raise _broken(
+            f"the profiler's event tree ({len(mem)} CPU memory events) and its event list "
+            f"({len(flat)}) disagree"
+        )
+    mem.sort(key=lambda t: t[0])  # stable: ties keep the order of recording
+    return [(ptr, d) for _, ptr, d in mem]
 
 
-def _peak_after_canary(deltas: list[int]) -> int:
-    """Peak of the running sum of ``deltas`` after the canary's alloc/free pair."""
-    try:
-        start = deltas.index(_CANARY_BYTES)
-        stop = deltas.index(-_CANARY_BYTES, start + 1)
-    except ValueError:
-        raise _broken("the profiler recorded no event for a known allocation") from None
+def _peak_after_canary(events: list[tuple[int, int]]) -> int:
+    """Peak bytes allocated after the canary's alloc/free pair and still alive.
+
+    ``events`` is :func:`_cpu_memory_deltas`'s ``(address, delta)`` list. Only blocks
+    allocated after the canary count; a free at an address with no such block alive frees
+    memory allocated before the call, and is ignored.
+    """
+    start = next((i for i, (_, d) in enumerate(events) if d == _CANARY_BYTES), None)
+    if start is None:
+        raise _broken("the profiler recorded no event for a known allocation")
+    canary_ptr = events[start][0]
+    stop = next(
+        (j for j in range(start + 1, len(events)) if events[j] == (canary_ptr, -_CANARY_BYTES)),
+        None,
+    )
+    if stop is None:
+        raise _broken("the profiler recorded no free of a known allocation")
+    live: dict[int, int] = {}  # address -> bytes of the blocks allocated inside the call, alive
     running = peak = 0
-    for d in deltas[stop + 1 :]:
-        running += d
-        if running > peak:
-            peak = running
+    for ptr, d in events[stop + 1 :]:
+        if d > 0:
+            if ptr in live:
+                raise _broken(f"two allocations at address {ptr:#x} without a free between them")
+            live[ptr] = d
+            running += d
+            if running > peak:
+                peak = running
+        elif d < 0:
+            size = live.pop(ptr, None)
+            if size is None:
+                continue  # memory allocated before the call
+            if size != -d:
+                raise _broken(f"a block of {size} bytes at address {ptr:#x} was freed as {-d} bytes")
+            running -= size
     return peak
