@@ -1,4 +1,4 @@
-"""The peer adapters (``symode.peers``): the registry, missing peers, and — where a peer is
+"""The peer adapters (``symode.bench.peers``): the registry, missing peers, and — where a peer is
 installed — its solution and gradient against symode's on the same small neural ODE.
 
 In the repo's test environment the peers are not installed: the tests that run them skip.
@@ -16,6 +16,7 @@ import symode
 from fields import CNF, Field
 from symode.bench import peers
 from symode.gradients import GRADIENT_METHODS
+from symode.bench import PROBLEMS, PeerGradient, get_problem, iteration, rel_diffs
 from symode.bench.peers import PEERS, PeerUnsupported
 
 DTYPE = torch.float64
@@ -253,3 +254,26 @@ def test_float32_state(name):
     theirs = _grads(_peer(name, "dopri5", rtol=1e-6, atol=1e-8, t=t), make_field, y0)
     assert theirs[0].dtype == torch.float32
     _assert_close(theirs, ours, 1e-4)
+
+
+# --------------------------------------------------------------------------------------
+# every installed peer on every bench problem, through the bench's own path
+
+@pytest.mark.slow
+@pytest.mark.parametrize("problem", sorted(PROBLEMS))
+@pytest.mark.parametrize("name", sorted(PEERS))
+def test_every_peer_runs_on_every_bench_problem(name, problem):
+    """Each peer differentiates each bench problem (the CNFs stacked in blocks too), as
+    ``symode bench --peers`` runs it: through a ``PeerGradient`` and the bench's counting
+    field. Its gradient agrees with symode's backprop to about the tolerance (its steps are
+    its own), and the bench counts its forward evaluations."""
+    _needs(name)
+    overrides = {"batch": 4, "width": 8, "dtype": DTYPE}
+    if problem != "mlp":
+        overrides["blocks"] = 2  # several blocks: the second starts from the first's output
+    p = get_problem(problem, **overrides)
+    steps = symode.AdaptiveSteps(rtol=1e-8, atol=1e-8)
+    _, ref, _ = iteration(p, "backprop", "dopri5", steps)
+    _, grads, stats = iteration(p, PeerGradient(name, peers), "dopri5", steps)
+    assert rel_diffs(grads, ref)[0] < 1e-4, name
+    assert stats.nfe_forward > 0
