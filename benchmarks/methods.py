@@ -5,15 +5,17 @@ What is measured
     the memory-capped symplectic adjoint with ``max_checkpoints = --max-checkpoints`` = 10, so
     that N = 6 is below its cap and N = 12, 24, 48 grow past it) and each number of fixed rk4
     steps N, the peak of torch allocations during ONE training iteration, above what was
-    allocated when it started, with ``symode.profiling.peak_memory`` (the deterministic
-    profiler measure; exact bytes). The iteration, as in ``benchmarks/memory.py``::
+    allocated when it started, with ``symode.bench.peak_memory`` (the deterministic
+    profiler measure; exact bytes). The iteration, as in ``benchmarks/memory.py``
+    (``symode.bench.fixed_step_iteration``, measured by ``symode.bench.measure_iteration``)::
 
         sol = symode.solve(f, y0, t=[0, 1], method="rk4", steps=FixedSteps(step_size=1/N),
                            gradient=<configuration>)
         loss = sol.ys[-1].pow(2).mean()   # (the Solution is dropped before the backward,
         loss.backward()                   #  as odeint drops it: only its stats are kept)
 
-    ``f`` is ``benchmarks/memory.py``'s MLP ``43 -> W -> W -> 43`` (softplus), with a batch
+    ``f`` is ``benchmarks/memory.py``'s MLP ``43 -> W -> W -> 43`` (softplus; ``symode.bench.MLPField``,
+    built with ``y0`` and ``t`` by ``symode.bench.memory_case``), with a batch
     large enough that one network use's activations ``A`` exceed the parameters ``|theta|``
     (a network-dominated problem: at W = 860, ``A / |theta| ~ 4 B / W``). The parameters and
     ``y0`` (which requires grad) are created outside the measured call, every ``.grad`` is set
@@ -25,7 +27,7 @@ Reported
     * the growth per step between consecutive N, in bytes, in states ``|y|`` and in network
       uses' activations ``A`` (theory: backprop and one checkpoint s A; checkpoint and the
       symplectic adjoint |y|; with stored stages s' |y|; capped and continuous adjoint 0);
-    * the ordering of the issue, per N: backprop ~ one checkpoint > checkpoint > symplectic
+    * the ordering the theory predicts, per N: backprop ~ one checkpoint > checkpoint > symplectic
       adjoint >= continuous adjoint, each inequality said to hold or not, with ``N |y|``
       against ``s |theta|`` (the symplectic adjoint's stored states against the continuous
       adjoint's augmented stages, which carry the parameter integrals) and the N at which the
@@ -42,8 +44,8 @@ Reported
 
 Every configuration is measured again at the smallest N to check that the bytes are identical.
 Run ``python benchmarks/methods.py --help``; the defaults (W = 860, batch 512, float32, rk4,
-N = 6 12 24 48, cap 10, 1 thread) reproduce the section "Memory of every gradient method
-(issue 3)" of ``benchmarks/RESULTS.md``; almost all of the time is backprop and one
+N = 6 12 24 48, cap 10, 1 thread) reproduce the section "Memory of every gradient method"
+of ``benchmarks/RESULTS.md``; almost all of the time is backprop and one
 checkpoint at the largest N and the capped variant's recomputation.
 """
 
@@ -51,21 +53,21 @@ from __future__ import annotations
 
 import argparse
 import collections
-import datetime
-import os
 import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import symode  # noqa: E402
-from symode.gradients import (GRADIENT_METHODS, Backprop, Checkpoint, ContinuousAdjoint,  # noqa: E402
-                              OneCheckpoint, SymplecticAdjoint)
-
-import memory  # noqa: E402
-from memory import DIM, DTYPES, MiB, machine, run_and_record, setup  # noqa: E402
-
+from symode.bench import (
+    DTYPES,
+    MiB,
+    add_run_arguments,
+    fixed_step_iteration,
+    measure_iteration,
+    memory_case,
+    quiet_stderr,
+    run_and_record,
+)
+from symode.gradients import GRADIENT_METHODS, Backprop, Checkpoint, ContinuousAdjoint, OneCheckpoint, SymplecticAdjoint
 
 #: steps of the census run of the continuous adjoint (its peak is reached in the second step)
 CENSUS_STEPS = 3
@@ -84,7 +86,7 @@ def configurations(max_checkpoints: int) -> list:
 
 
 def role(m) -> str:
-    """The method's place in the issue's ordering."""
+    """The method's place in the ordering the theory predicts."""
     if isinstance(m, Backprop):
         return "backprop"
     if isinstance(m, OneCheckpoint):
@@ -101,25 +103,20 @@ def role(m) -> str:
 
 
 def theory_growth(m, s: int) -> str:
-    return {"backprop": f"s A = {s} A", "one_checkpoint": f"s A = {s} A", "checkpoint": "|y|",
-            "symplectic": "|y|", "stored_stages": f"s' |y| = {s} |y|", "capped": "0",
-            "adjoint": "0"}.get(role(m), "?")
-
-
-def training_iteration(func, y0, t, n_steps: int, method: str, gradient):
-    sol = symode.solve(func, y0, t, method=method, steps=symode.FixedSteps(step_size=1.0 / n_steps),
-                       gradient=gradient)
-    ys, stats = sol.ys, sol.stats
-    del sol  # as odeint: the Solution (and its float64 grid, 8 B per step) does not outlive the solve
-    loss = ys[-1].pow(2).mean()
-    loss.backward()
-    return loss.item(), stats
+    return {
+        "backprop": f"s A = {s} A",
+        "one_checkpoint": f"s A = {s} A",
+        "checkpoint": "|y|",
+        "symplectic": "|y|",
+        "stored_stages": f"s' |y| = {s} |y|",
+        "capped": "0",
+        "adjoint": "0",
+    }.get(role(m), "?")
 
 
 def measure(func, y0, t, n_steps: int, method: str, gradient, device):
     """Peak bytes of one training iteration, its stats and the gradient (flattened)."""
-    peak, (_, stats), grad = memory.measure(func, y0, t, n_steps, method, gradient, device,
-                                            iteration=training_iteration)
+    peak, (_, stats), grad = measure_iteration(func, y0, t, n_steps, method, gradient, device)
     return peak, stats, grad
 
 
@@ -129,17 +126,15 @@ def adjoint_census(func, y0, t, n_steps: int, method: str, gradient, sizes: dict
     stacks), grouped by (size, allocating line of code, operator)."""
     from torch.profiler import ProfilerActivity, profile
 
-    from symode.profiling import _quiet_stderr
-
     func.zero_grad(set_to_none=True)
     y0.grad = None
     prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True, with_stack=True)
-    with _quiet_stderr():
+    with quiet_stderr():
         prof.__enter__()
     try:
-        training_iteration(func, y0, t, n_steps, method, gradient)
+        fixed_step_iteration(func, y0, t, n_steps, method, gradient)
     finally:
-        with _quiet_stderr():
+        with quiet_stderr():
             prof.__exit__(None, None, None)
         func.zero_grad(set_to_none=True)
         y0.grad = None
@@ -190,27 +185,42 @@ def adjoint_census(func, y0, t, n_steps: int, method: str, gradient, sizes: dict
     for ptr, (size, frames, op, ts) in at_peak.items():
         groups[(size, where(frames), op or "?")].append(ordinal[(ts, ptr)])
     z, th = sizes["augmented_bytes"], sizes["theta_bytes"]
-    rows = [{"count": len(o), "bytes": size, "in_z": size / z, "in_theta": size / th, "where": w, "op": op,
-             "ordinals": sorted(o), "of": seen[(size, w, op)]}
-            for (size, w, op), o in sorted(groups.items(), key=lambda kv: -kv[0][0] * len(kv[1]))]
-    return {"peak_bytes": peak, "n_steps": n_steps, "rows": rows,
-            "z_buffers": sum(r["count"] for r in rows if r["bytes"] == z),
-            "z_bytes_total": sum(r["count"] * r["bytes"] for r in rows if r["bytes"] == z)}
+    rows = [
+        {
+            "count": len(o),
+            "bytes": size,
+            "in_z": size / z,
+            "in_theta": size / th,
+            "where": w,
+            "op": op,
+            "ordinals": sorted(o),
+            "of": seen[(size, w, op)],
+        }
+        for (size, w, op), o in sorted(groups.items(), key=lambda kv: -kv[0][0] * len(kv[1]))
+    ]
+    return {
+        "peak_bytes": peak,
+        "n_steps": n_steps,
+        "rows": rows,
+        "z_buffers": sum(r["count"] for r in rows if r["bytes"] == z),
+        "z_bytes_total": sum(r["count"] * r["bytes"] for r in rows if r["bytes"] == z),
+    }
 
 
 # --------------------------------------------------------------------------------------
 def run(args) -> dict:
-    func, y0, t, device, pdev, state, theta, act, s = setup(args)
-    sizes = {"state_bytes": state, "theta_bytes": theta, "activation_bytes": act,
-             "augmented_bytes": 2 * state + theta}
+    case = memory_case(args.width, args.batch, args.dtype, args.method, device=args.device, seed=args.seed)
+    func, y0, t, device = case.func, case.y0, case.t, case.device
+    state, theta, act, s = case.state_bytes, case.theta_bytes, case.activation_bytes, case.stages
+    sizes = {"state_bytes": state, "theta_bytes": theta, "activation_bytes": act, "augmented_bytes": 2 * state + theta}
     configs = configurations(args.max_checkpoints)
     labels = [repr(m) for m in configs]
 
     # warm-up (first profiler start, lazy initialisations), not recorded; N = 2 is enough
     n0 = min(args.steps)
-    measure(func, y0, t, 2, args.method, Backprop(), pdev)
+    measure(func, y0, t, 2, args.method, Backprop(), device)
     for m in configs:
-        training_iteration(func, y0, t, 2, args.method, m)
+        fixed_step_iteration(func, y0, t, 2, args.method, m)
 
     peaks = {lab: {} for lab in labels}
     nfe_bwd = {lab: {} for lab in labels}
@@ -218,7 +228,7 @@ def run(args) -> dict:
     for n in args.steps:
         grads = {}
         for lab, m in zip(labels, configs):
-            peak, stats, grad = measure(func, y0, t, n, args.method, m, pdev)
+            peak, stats, grad = measure(func, y0, t, n, args.method, m, device)
             peaks[lab][n] = peak
             nfe_bwd[lab][n] = stats.nfe_backward
             grads[lab] = grad
@@ -231,10 +241,10 @@ def run(args) -> dict:
     repeat = {}
     if args.repeat_check:  # determinism: every configuration again at the smallest N
         for lab, m in zip(labels, configs):
-            repeat[lab] = measure(func, y0, t, n0, args.method, m, pdev)[0] == peaks[lab][n0]
+            repeat[lab] = measure(func, y0, t, n0, args.method, m, device)[0] == peaks[lab][n0]
 
     census = None
-    if args.census and pdev is None:
+    if args.census and device.type == "cpu":
         ca = next(m for m in configs if role(m) == "adjoint")
         try:
             # the adjoint's peak does not depend on N (checked above): a few steps suffice
@@ -245,24 +255,34 @@ def run(args) -> dict:
             census = {"error": repr(exc)}
 
     return {
-        "config": {"dim": DIM, "width": args.width, "batch": args.batch, "dtype": args.dtype,
-                   "method": args.method, "stages": s, "steps": list(args.steps),
-                   "max_checkpoints": args.max_checkpoints, "device": str(device), "seed": args.seed,
-                   "threads": torch.get_num_threads()},
+        "config": {
+            "dim": case.dim,
+            "width": args.width,
+            "batch": args.batch,
+            "dtype": args.dtype,
+            "method": args.method,
+            "stages": s,
+            "steps": list(args.steps),
+            "max_checkpoints": args.max_checkpoints,
+            "device": str(device),
+            "seed": args.seed,
+            "threads": torch.get_num_threads(),
+        },
         "sizes": sizes,
         "configurations": labels,
         "roles": {lab: role(m) for lab, m in zip(labels, configs)},
         "theory_growth": {lab: theory_growth(m, s) for lab, m in zip(labels, configs)},
-        "peaks": peaks, "nfe_backward": nfe_bwd, "grad_rel_diff": rel, "repeat_identical": repeat,
-        "census": census, "machine": machine(),
-        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "command": "python " + " ".join(sys.argv),
+        "peaks": peaks,
+        "nfe_backward": nfe_bwd,
+        "grad_rel_diff": rel,
+        "repeat_identical": repeat,
+        "census": census,
     }
 
 
 # --------------------------------------------------------------------------------------
 def ordering(res: dict) -> tuple[list[str], dict]:
-    """The issue's ordering, per N, as markdown lines, and a summary of what holds."""
+    """The ordering the theory predicts, per N, as markdown lines, and a summary of what holds."""
     c, z = res["config"], res["sizes"]
     steps, peaks, roles = c["steps"], res["peaks"], res["roles"]
     by = collections.defaultdict(list)
@@ -273,9 +293,11 @@ def ordering(res: dict) -> tuple[list[str], dict]:
     state, theta, s = z["state_bytes"], z["theta_bytes"], c["stages"]
     tol = 0.05
     summary = {}
-    lines = [f"| N | backprop ~ one ckpt (ratio, within {tol:.0%}) | backprop, one ckpt > ckpt | ckpt > SA "
-             f"| SA >= CA | N\\|y\\| (MiB) | s\\|theta\\| (MiB) |",
-             "| ---: | --- | --- | --- | --- | ---: | ---: |"]
+    lines = [
+        f"| N | backprop ~ one ckpt (ratio, within {tol:.0%}) | backprop, one ckpt > ckpt | ckpt > SA "
+        f"| SA >= CA | N\\|y\\| (MiB) | s\\|theta\\| (MiB) |",
+        "| ---: | --- | --- | --- | --- | ---: | ---: |",
+    ]
 
     def yes(b):
         return "**yes**" if b else "**NO**"
@@ -289,12 +311,21 @@ def ordering(res: dict) -> tuple[list[str], dict]:
         ca_txt = "; ".join(f"{yes(v)} ({peaks[sa][n] / MiB:.1f} vs {peaks[x][n] / MiB:.1f})" for v, x in zip(ca, adj))
         if len(set(peaks[x][n] for x in adj)) == 1:  # identical: say it once
             ca_txt = f"{yes(ca[0])} ({peaks[sa][n] / MiB:.1f} vs {peaks[adj[0]][n] / MiB:.1f}, both CA configs)"
-        lines.append(f"| {n} | {yes(a)} ({r:.4f}) | {yes(b)} | {yes(cc)} ({peaks[ck][n] / peaks[sa][n]:.1f}x) "
-                     f"| {ca_txt} | {n * state / MiB:.2f} | {s * theta / MiB:.2f} |")
+        lines.append(
+            f"| {n} | {yes(a)} ({r:.4f}) | {yes(b)} | {yes(cc)} ({peaks[ck][n] / peaks[sa][n]:.1f}x) "
+            f"| {ca_txt} | {n * state / MiB:.2f} | {s * theta / MiB:.2f} |"
+        )
         summary[n] = {"bp~oc": a, "oc>ck": b, "ck>sa": cc, "sa>=ca": all(ca)}
 
-    out = ["Ordering of the issue, per N (SA: symplectic adjoint, CA: continuous adjoint, "
-           "ckpt: checkpoint; MiB in parentheses):", ""] + lines + [""]
+    out = (
+        [
+            "The ordering the theory predicts, checked per N (SA: symplectic adjoint, CA: continuous adjoint, "
+            "ckpt: checkpoint; MiB in parentheses):",
+            "",
+        ]
+        + lines
+        + [""]
+    )
     # where SA and CA cross: SA grows by its measured slope, CA is flat
     n1, n2 = steps[-2] if len(steps) > 1 else steps[0], steps[-1]
     slope = (peaks[sa][n2] - peaks[sa][n1]) / (n2 - n1) if n2 > n1 else float("nan")
@@ -302,9 +333,11 @@ def ordering(res: dict) -> tuple[list[str], dict]:
         gap = peaks[x][n2] - peaks[sa][n2]
         if slope > 0 and gap > 0:
             cross = n2 + gap / slope
-            out.append(f"- {x} vs SA: SA grows by {slope:,.0f} B = {slope / state:.3f} |y| per step and "
-                       f"{x} is flat, so SA >= CA from N ~ {cross:,.0f} on (extrapolated); "
-                       f"CA's peak is {peaks[x][n2] / theta:.2f} |theta| = {peaks[x][n2] / (s * theta):.2f} s|theta|.")
+            out.append(
+                f"- {x} vs SA: SA grows by {slope:,.0f} B = {slope / state:.3f} |y| per step and "
+                f"{x} is flat, so SA >= CA from N ~ {cross:,.0f} on (extrapolated); "
+                f"CA's peak is {peaks[x][n2] / theta:.2f} |theta| = {peaks[x][n2] / (s * theta):.2f} s|theta|."
+            )
             summary.setdefault("crossover", {})[x] = cross
         else:
             out.append(f"- {x} vs SA at N = {n2}: CA {'<=' if gap <= 0 else '>'} SA.")
@@ -315,16 +348,23 @@ def ordering(res: dict) -> tuple[list[str], dict]:
         flat[x] = len(vals) == 1
         above = [n for n in steps if peaks[x][n] > peaks[sa][n]]
         equal = [n for n in steps if peaks[x][n] == peaks[sa][n]]
-        out.append(f"- {x}: {'flat' if flat[x] else 'NOT flat'} over N = {', '.join(map(str, past))} "
-                   f"(past its cap of {c['max_checkpoints']}): "
-                   + ", ".join(f"{peaks[x][n]:,} B" for n in past)
-                   + (f"; ABOVE the uncapped SA at N = {', '.join(map(str, above))}" if above else
-                      "; at or below the uncapped SA at every N")
-                   + (f" (equal at N = {', '.join(map(str, equal))})." if equal else "."))
+        out.append(
+            f"- {x}: {'flat' if flat[x] else 'NOT flat'} over N = {', '.join(map(str, past))} "
+            f"(past its cap of {c['max_checkpoints']}): "
+            + ", ".join(f"{peaks[x][n]:,} B" for n in past)
+            + (
+                f"; ABOVE the uncapped SA at N = {', '.join(map(str, above))}"
+                if above
+                else "; at or below the uncapped SA at every N"
+            )
+            + (f" (equal at N = {', '.join(map(str, equal))})." if equal else ".")
+        )
     for x in adj:
         vals = {peaks[x][n] for n in steps}
-        out.append(f"- {x}: {'flat' if len(vals) == 1 else 'NOT flat'} in N "
-                   f"({', '.join(f'{peaks[x][n]:,} B' for n in steps)}).")
+        out.append(
+            f"- {x}: {'flat' if len(vals) == 1 else 'NOT flat'} in N "
+            f"({', '.join(f'{peaks[x][n]:,} B' for n in steps)})."
+        )
     summary["capped_flat"] = flat
     return out, summary
 
@@ -333,19 +373,32 @@ def to_markdown(res: dict) -> str:
     c, z = res["config"], res["sizes"]
     steps, labels, peaks = c["steps"], res["configurations"], res["peaks"]
     state, theta, act = z["state_bytes"], z["theta_bytes"], z["activation_bytes"]
-    lines = [f"MLP {c['dim']} -> {c['width']} -> {c['width']} -> {c['dim']} (softplus), batch {c['batch']}, "
-             f"{c['dtype']}, {c['method']} (s = {c['stages']}), t in [0, 1], step_size 1/N, "
-             f"device {c['device']}, {c['threads']} thread(s).", "",
-             f"- state |y| = {state:,} B; parameters |theta| = {theta:,} B ({theta / MiB:.3f} MiB)",
-             f"- one network use's activations A = {act:,} B ({act / MiB:.3f} MiB) = {act / theta:.2f} |theta| "
-             + ("(network-dominated: A > |theta|)" if act > theta else "(NOT network-dominated: raise --batch)"),
-             f"- augmented state of the continuous adjoint |z| = 2|y| + |theta| = {z['augmented_bytes']:,} B", ""]
+    lines = [
+        f"MLP {c['dim']} -> {c['width']} -> {c['width']} -> {c['dim']} (softplus), batch {c['batch']}, "
+        f"{c['dtype']}, {c['method']} (s = {c['stages']}), t in [0, 1], step_size 1/N, "
+        f"device {c['device']}, {c['threads']} thread(s).",
+        "",
+        f"- state |y| = {state:,} B; parameters |theta| = {theta:,} B ({theta / MiB:.3f} MiB)",
+        f"- one network use's activations A = {act:,} B ({act / MiB:.3f} MiB) = {act / theta:.2f} |theta| "
+        + ("(network-dominated: A > |theta|)" if act > theta else "(NOT network-dominated: raise --batch)"),
+        f"- augmented state of the continuous adjoint |z| = 2|y| + |theta| = {z['augmented_bytes']:,} B",
+        "",
+    ]
     hdr = " | ".join(f"N = {n}" for n in steps)
-    lines.append("Peak MiB of one training iteration (profiler measure; grad rel. diff. to backprop and "
-                 "backward NFE at each N):")
+    lines.append(
+        "Peak MiB of one training iteration (profiler measure; grad rel. diff. to backprop and backward NFE at each N):"
+    )
     lines.append("")
-    lines.append(f"| configuration | {hdr} | grad rel. diff. | NFE bwd |" + (" repeat identical |" if res["repeat_identical"] else ""))
-    lines.append("| --- | " + " | ".join("---:" for _ in steps) + " | ---: | ---: |" + (" :---: |" if res["repeat_identical"] else ""))
+    lines.append(
+        f"| configuration | {hdr} | grad rel. diff. | NFE bwd |"
+        + (" repeat identical |" if res["repeat_identical"] else "")
+    )
+    lines.append(
+        "| --- | "
+        + " | ".join("---:" for _ in steps)
+        + " | ---: | ---: |"
+        + (" :---: |" if res["repeat_identical"] else "")
+    )
     for lab in labels:
         cells = " | ".join(f"{peaks[lab][n] / MiB:.3f}" for n in steps)
         rd = " / ".join(f"{res['grad_rel_diff'][lab][n]:.1e}" for n in steps)
@@ -377,49 +430,76 @@ def to_markdown(res: dict) -> str:
             lines.append(f"Census of the continuous adjoint's peak: unavailable ({cen['error']}).")
         else:
             zb = z["augmented_bytes"]
-            lines.append(f"Census of the allocations alive at the peak of {cen['config']} at N = {cen['n_steps']} "
-                         f"(peak {cen['peak_bytes']:,} B = {cen['peak_bytes'] / MiB:.3f} MiB"
-                         f"{', the figure measured at every N' if cen.get('matches_measured_peak') else ', NOT the figure measured above'}): "
-                         f"**{cen['z_buffers']} buffers of the augmented state's size |z|** "
-                         f"({cen['z_bytes_total'] / MiB:.2f} MiB, {cen['z_bytes_total'] / cen['peak_bytes']:.0%} of the peak).")
+            lines.append(
+                f"Census of the allocations alive at the peak of {cen['config']} at N = {cen['n_steps']} "
+                f"(peak {cen['peak_bytes']:,} B = {cen['peak_bytes'] / MiB:.3f} MiB"
+                + (
+                    ", the figure measured at every N"
+                    if cen.get("matches_measured_peak")
+                    else ", NOT the figure measured above"
+                )
+                + "): "
+                f"**{cen['z_buffers']} buffers of the augmented state's size |z|** "
+                f"({cen['z_bytes_total'] / MiB:.2f} MiB, {cen['z_bytes_total'] / cen['peak_bytes']:.0%} of the peak)."
+            )
             lines.append("")
-            lines.append("Ordinals: which of the allocations made at that site during the iteration are the ones "
-                         "alive (e.g. the k-th evaluation of the augmented field; rk4: 4 per step).")
+            lines.append(
+                "Ordinals: which of the allocations made at that site during the iteration are the ones "
+                "alive (e.g. the k-th evaluation of the augmented field; rk4: 4 per step)."
+            )
             lines.append("")
             lines.append("| count | bytes each | in \\|z\\| | allocated at | operator | ordinals alive (of) |")
             lines.append("| ---: | ---: | ---: | --- | --- | --- |")
             for r in cen["rows"]:
                 if r["count"] * r["bytes"] < 0.002 * cen["peak_bytes"]:
                     continue
-                lines.append(f"| {r['count']} | {r['bytes']:,} | {r['bytes'] / zb:.3f} | `{r['where']}` | {r['op']} "
-                             f"| {', '.join(map(str, r['ordinals']))} ({r['of']}) |")
-            rest = sum(r["count"] * r["bytes"] for r in cen["rows"] if r["count"] * r["bytes"] < 0.002 * cen["peak_bytes"])
+                lines.append(
+                    f"| {r['count']} | {r['bytes']:,} | {r['bytes'] / zb:.3f} | `{r['where']}` | {r['op']} "
+                    f"| {', '.join(map(str, r['ordinals']))} ({r['of']}) |"
+                )
+            rest = sum(
+                r["count"] * r["bytes"] for r in cen["rows"] if r["count"] * r["bytes"] < 0.002 * cen["peak_bytes"]
+            )
             lines.append(f"| ... | | | (smaller allocations, {rest:,} B in all) | | |")
     return "\n".join(lines)
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--steps", type=int, nargs="+", default=[6, 12, 24, 48],
-                   help="numbers of fixed steps N (the smallest below --max-checkpoints shows the cap arrive)")
-    p.add_argument("--batch", type=int, default=512,
-                   help="batch size: large enough that one network use's activations exceed |theta|")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--steps",
+        type=int,
+        nargs="+",
+        default=[6, 12, 24, 48],
+        help="numbers of fixed steps N (the smallest below --max-checkpoints shows the cap arrive)",
+    )
+    p.add_argument(
+        "--batch",
+        type=int,
+        default=512,
+        help="batch size: large enough that one network use's activations exceed |theta|",
+    )
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
     p.add_argument("--width", type=int, default=860, help="hidden width W of the MLP 43 -> W -> W -> 43")
     p.add_argument("--method", default="rk4", help="a fixed-step method name (symode.TABLEAUS)")
-    p.add_argument("--max-checkpoints", type=int, default=10,
-                   help="the cap of the capped symplectic adjoint (below the N given, so N grows past it)")
-    memory.add_run_arguments(p, "do not measure every configuration again at the smallest N")
-    p.add_argument("--no-census", dest="census", action="store_false",
-                   help="skip the census of the continuous adjoint's peak")
+    p.add_argument(
+        "--max-checkpoints",
+        type=int,
+        default=10,
+        help="the cap of the capped symplectic adjoint (below the N given, so N grows past it)",
+    )
+    add_run_arguments(p, "do not measure every configuration again at the smallest N")
+    p.add_argument(
+        "--no-census", dest="census", action="store_false", help="skip the census of the continuous adjoint's peak"
+    )
     p.add_argument("--out", help="write the record here: markdown if PATH ends in .md, else JSON")
     args = p.parse_args(argv)
     args.steps = sorted(set(args.steps))
     torch.set_num_threads(args.threads)
 
-    run_and_record(args, run, to_markdown,
-                   lambda res: {"ordering": {str(k): v for k, v in ordering(res)[1].items()}})
+    run_and_record(args, run, to_markdown, lambda res: {"ordering": {str(k): v for k, v in ordering(res)[1].items()}})
     return 0
 
 

@@ -1,8 +1,8 @@
 """Time (and memory) of symode against the peers' own calls, as ratios measured in one run.
 
-Two cases of issue 4, each timed with the contestants taking turns (A B A B ...) after a
-warm-up, the median of the repeats reported with the ratio symode / peer and the range of
-the per-round ratios:
+Two cases, each timed with the contestants taking turns (A B A B ...,
+``symode.bench.interleave``) after a warm-up, the median of the repeats reported with the ratio
+symode / peer and the range of the per-round ratios:
 
 * ``overhead``: per-step overhead on a tiny network, where the Python work per call of ``f``
   dominates: MLP 2 -> 16 -> 2 (tanh), batch 16, 200 fixed steps of Kutta's 3/8 rule on
@@ -10,17 +10,17 @@ the per-round ratios:
   symode's backprop, eager and with ``compile=True``, against ``torchdiffeq.odeint``
   (target: at most 0.7x its time).
 * ``compute``: the compute-bound MLP 43 -> 860 -> 860 -> 43 (softplus), batch 256, classical
-  rk4, 50 fixed steps: symode's symplectic adjoint against the authors'
-  ``torch_symplectic_adjoint.odeint_symplectic_adjoint`` (target: at most 0.9x its time and
-  no more memory), with the peak memory of both (``symode.profiling.peak_memory``, measured
-  in separate runs).
+  rk4, 50 fixed steps (``symode.bench.MLPField``): symode's symplectic adjoint against the
+  authors' ``torch_symplectic_adjoint.odeint_symplectic_adjoint`` (target: at most 0.9x its
+  time and no more memory), with the peak memory of both (``symode.bench.peak_memory``,
+  measured in separate runs).
 
 The peers are called directly through their public functions (not through
-``symode.peers``, whose wrapper would add a Python call per evaluation to the peer's time),
-on the same grid: every peer and symode step from t = 0 by exactly ``1/N``. A peer that is not
+``symode.bench.peers``, whose wrapper would add a Python call per evaluation to the peer's
+time), on the same grid: every peer and symode step from t = 0 by exactly ``1/N``. A peer that is not
 installed is reported and skipped. Install them beside symode with
 ``pip install torchdiffeq==0.2.5`` and the authors' code from its public repository (branch
-``beta``; see ``symode.peers``).
+``beta``; see ``symode.bench.peers``).
 
     python benchmarks/peers_speed.py [--case overhead compute] [--repeats 30 9] [--threads 1] [--clock cpu]
 """
@@ -35,10 +35,14 @@ import time
 import torch
 
 import symode
-from symode.profiling import peak_memory
+from symode.bench import MLPField, interleave, machine, peak_memory
 
 
 class MLP(torch.nn.Module):
+    """``dy/dt = net(y)``, ``net`` the MLP ``sizes[0] -> ... -> sizes[-1]`` with ``act`` between
+    the layers: the overhead case's 2 -> 16 -> 2 tanh, one hidden layer (``symode.bench.MLPField``
+    has two, with softplus)."""
+
     def __init__(self, sizes, act):
         super().__init__()
         layers = []
@@ -67,26 +71,36 @@ def _cases(name: str):
     if name == "overhead":
         func, y0, steps = MLP([2, 16, 2], torch.nn.Tanh), torch.randn(16, 2, requires_grad=True), 200
         desc = "MLP 2-16-2 tanh, batch 16, 200 steps of the 3/8 rule, backprop"
-        runs = {"symode odeint (backprop)": lambda: symode.odeint(
-            func, y0, t, method="rk38", options={"step_size": 1.0 / steps}),
-                "symode odeint (backprop), compile=True": lambda: symode.odeint(
-            func, y0, t, method="rk38", options={"step_size": 1.0 / steps}, compile=True)}
+        runs = {
+            "symode odeint (backprop)": lambda: symode.odeint(
+                func, y0, t, method="rk38", options={"step_size": 1.0 / steps}
+            ),
+            "symode odeint (backprop), compile=True": lambda: symode.odeint(
+                func, y0, t, method="rk38", options={"step_size": 1.0 / steps}, compile=True
+            ),
+        }
         tdq = _optional("torchdiffeq")
         if tdq is not None:
-            runs["torchdiffeq odeint"] = lambda: tdq.odeint(func, y0, t, method="rk4",
-                                                            options={"step_size": 1.0 / steps})
+            runs["torchdiffeq odeint"] = lambda: tdq.odeint(
+                func, y0, t, method="rk4", options={"step_size": 1.0 / steps}
+            )
     elif name == "compute":
-        func, y0, steps = MLP([43, 860, 860, 43], torch.nn.Softplus), torch.randn(256, 43, requires_grad=True), 50
+        func, y0, steps = MLPField(43, 860), torch.randn(256, 43, requires_grad=True), 50
         desc = "MLP 43-860-860-43 softplus, batch 256, rk4 50 steps, symplectic adjoint"
-        runs = {"symode symplectic adjoint": lambda: symode.odeint_symplectic_adjoint(
-            func, y0, t, method="rk4", options={"step_size": 1.0 / steps})}
+        runs = {
+            "symode symplectic adjoint": lambda: symode.odeint_symplectic_adjoint(
+                func, y0, t, method="rk4", options={"step_size": 1.0 / steps}
+            )
+        }
         tsa = _optional("torch_symplectic_adjoint")
         if tsa is not None:
             grid = torch.linspace(0.0, 1.0, steps + 1)  # its fixed-step methods step once per output interval
 
             def authors():
-                return tsa.odeint_symplectic_adjoint(func, y0, grid, method="rk4",
-                                                     adjoint_params=tuple(func.parameters()))[[0, -1]]
+                return tsa.odeint_symplectic_adjoint(
+                    func, y0, grid, method="rk4", adjoint_params=tuple(func.parameters())
+                )[[0, -1]]
+
             runs["authors odeint_symplectic_adjoint"] = authors
     else:
         raise ValueError(f"unknown case {name!r}")
@@ -97,6 +111,7 @@ def _iteration(solve):
     def run():
         ys = solve()
         ys[-1].pow(2).mean().backward()
+
     return run
 
 
@@ -110,12 +125,7 @@ def measure(name: str, repeats: int, memory: bool, clock) -> None:
         y0.grad = None
         it()
         grads[label] = torch.cat([y0.grad.reshape(-1)] + [p.grad.reshape(-1) for p in func.parameters()])
-    times = {label: [] for label in iterations}
-    for _ in range(repeats):
-        for label, it in iterations.items():
-            start = clock()
-            it()
-            times[label].append(clock() - start)
+    times = dict(zip(iterations, interleave(list(iterations.values()), repeats, clock=clock)))
     labels = list(iterations)
     ours = labels[0]
     peers = [label for label in labels if not label.startswith("symode")]
@@ -137,23 +147,36 @@ def measure(name: str, repeats: int, memory: bool, clock) -> None:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--case", nargs="+", choices=("overhead", "compute"), default=["overhead", "compute"])
-    p.add_argument("--repeats", type=int, nargs="+", default=None,
-                   help="repeats per case, in --case order (default: 30 for overhead, 9 for compute)")
+    p.add_argument(
+        "--repeats",
+        type=int,
+        nargs="+",
+        default=None,
+        help="repeats per case, in --case order (default: 30 for overhead, 9 for compute)",
+    )
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs of the compute case")
-    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
-                   help="wall: time.perf_counter; cpu: the process's CPU time (time.process_time), steadier "
-                        "on a shared machine for a single-threaded run (default: wall)")
+    p.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="wall: time.perf_counter; cpu: the process's CPU time (time.process_time), steadier "
+        "on a shared machine for a single-threaded run (default: wall)",
+    )
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     defaults = {"overhead": 30, "compute": 9}
     repeats = args.repeats or [defaults[c] for c in args.case]
     if len(repeats) != len(args.case):
         p.error(f"--repeats takes one number per case: {len(args.case)} case(s), {len(repeats)} number(s)")
-    print(f"torch {torch.__version__}, symode {symode.__version__}")
+    print(f"torch {torch.__version__}, symode {machine()['symode']}")
     for case, n in zip(args.case, repeats):
-        measure(case, n, memory=case == "compute" and not args.no_memory,
-                clock=time.perf_counter if args.clock == "wall" else time.process_time)
+        measure(
+            case,
+            n,
+            memory=case == "compute" and not args.no_memory,
+            clock=time.perf_counter if args.clock == "wall" else time.process_time,
+        )
     return 0
 
 

@@ -1,10 +1,11 @@
-"""Scaling study: peak memory against steps N, stages s and network depth L (issue 4).
+"""Scaling study: peak memory against steps N, stages s and network depth L.
 
 What is measured
     The training iteration of ``benchmarks/memory.py`` (forward solve over ``t in [0, 1]``
     with ``step_size = 1/N``, ``loss = y(1)**2 mean``, ``loss.backward()``), its peak extra
-    torch memory measured with ``symode.profiling.peak_memory`` (exact bytes, deterministic),
-    for ``backprop``, ``symplectic_adjoint`` and ``checkpoint``, in three sweeps that each vary
+    torch memory measured with ``symode.bench.peak_memory`` (exact bytes, deterministic;
+    ``symode.bench.measure_iteration`` of ``symode.bench.fixed_step_iteration``), for
+    ``backprop``, ``symplectic_adjoint`` and ``checkpoint``, in three sweeps that each vary
     one factor with the other two held fixed:
 
     (a) steps N (``--steps``), with ``--method`` (rk4) and ``--depth`` hidden layers;
@@ -29,8 +30,9 @@ Reported
       against the theory, in bytes and in natural units. The theory
       (the README's table of gradient methods: backprop ``O(N s L)``, checkpoint
       ``O(N + s L)``, symplectic adjoint ``O(N + s + L)``), with ``|y|`` the state's bytes,
-      ``A`` one network use's activations (counted from the tensors autograd saves, as
-      ``memory.py`` does), ``a_L`` and ``p_L`` one hidden layer's activations and parameters:
+      ``A`` one network use's activations (counted from the tensors autograd saves,
+      ``symode.bench.saved_activation_bytes``, as ``memory.py`` does), ``a_L`` and ``p_L``
+      one hidden layer's activations and parameters:
 
       ========= ============ ============ ==================
       per       backprop     checkpoint   symplectic adjoint
@@ -70,35 +72,57 @@ full run, or with ``--quick`` of the smoke run.
 from __future__ import annotations
 
 import argparse
-import datetime
 import math
 import os
 import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import symode  # noqa: E402
-
-import memory  # noqa: E402
-from memory import DIM, DTYPES, MiB, machine, num_stages, run_and_record, saved_activation_bytes  # noqa: E402
+import symode
+from symode.bench import (
+    DTYPES,
+    MiB,
+    add_run_arguments,
+    import_pyplot,
+    measure_iteration,
+    memory_case,
+    network_uses_per_step,
+    run_and_record,
+    save_figure,
+    saved_activation_bytes,
+)
 
 GRADIENTS = ("backprop", "symplectic_adjoint", "checkpoint")
 LABELS = {"backprop": "backprop", "symplectic_adjoint": "SA", "checkpoint": "checkpoint"}
 COLORS = {"backprop": "tab:red", "symplectic_adjoint": "tab:blue", "checkpoint": "tab:green"}
 
 #: the defaults of the full run and of ``--quick``; an option given on the command line wins
-FULL = {"width": 256, "batch": 256, "steps": [8, 16, 32, 64, 128], "method": "rk4", "depth": 2,
-        "stage_methods": ["euler", "midpoint", "bosh3", "rk4", "dopri5", "dopri8"], "fixed_steps": 16,
-        "depths": [1, 2, 4, 8]}
-QUICK = {"width": 32, "batch": 16, "steps": [2, 4, 8], "method": "rk4", "depth": 2,
-         "stage_methods": ["euler", "midpoint", "rk4", "dopri5"], "fixed_steps": 4, "depths": [1, 2, 3]}
+FULL = {
+    "width": 256,
+    "batch": 256,
+    "steps": [8, 16, 32, 64, 128],
+    "method": "rk4",
+    "depth": 2,
+    "stage_methods": ["euler", "midpoint", "bosh3", "rk4", "dopri5", "dopri8"],
+    "fixed_steps": 16,
+    "depths": [1, 2, 4, 8],
+}
+QUICK = {
+    "width": 32,
+    "batch": 16,
+    "steps": [2, 4, 8],
+    "method": "rk4",
+    "depth": 2,
+    "stage_methods": ["euler", "midpoint", "rk4", "dopri5"],
+    "fixed_steps": 4,
+    "depths": [1, 2, 3],
+}
 
 
 class DeepMLP(torch.nn.Module):
     """``dy/dt = net(y)``: ``dim -> width -> ... -> width -> dim`` with ``depth`` hidden layers
-    (``depth - 1`` square ones), softplus after each; ``depth = 2`` is ``symode.problems.MLPField``."""
+    (``depth - 1`` square ones), softplus after each; ``depth = 2`` is ``symode.bench.MLPField``
+    (the same layers, drawn in the same order), which has no depth parameter."""
 
     def __init__(self, dim: int, width: int, depth: int):
         super().__init__()
@@ -119,10 +143,15 @@ def forward_evaluations(method: str, n_steps: int) -> tuple[int, bool]:
     network uses per step implies."""
     func = DeepMLP(2, 4, 1)
     with torch.no_grad():
-        sol = symode.solve(func, torch.zeros(1, 2), torch.tensor([0.0, 1.0]), method=method,
-                           steps=symode.FixedSteps(step_size=1.0 / n_steps))
+        sol = symode.solve(
+            func,
+            torch.zeros(1, 2),
+            torch.tensor([0.0, 1.0]),
+            method=method,
+            steps=symode.FixedSteps(step_size=1.0 / n_steps),
+        )
     nfe = sol.stats.nfe_forward
-    return nfe, nfe == num_stages(method) * n_steps + symode.get_tableau(method).fsal
+    return nfe, nfe == network_uses_per_step(method) * n_steps + symode.get_tableau(method).fsal
 
 
 def stage_vectors(method: str) -> int:
@@ -136,18 +165,44 @@ def stage_vectors(method: str) -> int:
 def sweeps(args) -> list[dict]:
     """The three sweeps: each point says its x, the method, the steps and the depth."""
     return [
-        {"name": "steps", "x": "N", "unit": "step",
-         "fixed": f"{args.method} (s = {num_stages(args.method)}), L = {args.depth}",
-         "points": [{"x": n, "label": str(n), "method": args.method, "steps": n, "depth": args.depth}
-                    for n in args.steps]},
-        {"name": "stages", "x": "s", "unit": "stage", "fixed": f"N = {args.fixed_steps}, L = {args.depth}",
-         "points": sorted(({"x": num_stages(m), "label": f"{m} ({num_stages(m)})", "method": m,
-                            "steps": args.fixed_steps, "depth": args.depth} for m in args.stage_methods),
-                          key=lambda p: p["x"])},
-        {"name": "depth", "x": "L", "unit": "layer",
-         "fixed": f"{args.method} (s = {num_stages(args.method)}), N = {args.fixed_steps}",
-         "points": [{"x": d, "label": str(d), "method": args.method, "steps": args.fixed_steps, "depth": d}
-                    for d in args.depths]},
+        {
+            "name": "steps",
+            "x": "N",
+            "unit": "step",
+            "fixed": f"{args.method} (s = {network_uses_per_step(args.method)}), L = {args.depth}",
+            "points": [
+                {"x": n, "label": str(n), "method": args.method, "steps": n, "depth": args.depth} for n in args.steps
+            ],
+        },
+        {
+            "name": "stages",
+            "x": "s",
+            "unit": "stage",
+            "fixed": f"N = {args.fixed_steps}, L = {args.depth}",
+            "points": sorted(
+                (
+                    {
+                        "x": network_uses_per_step(m),
+                        "label": f"{m} ({network_uses_per_step(m)})",
+                        "method": m,
+                        "steps": args.fixed_steps,
+                        "depth": args.depth,
+                    }
+                    for m in args.stage_methods
+                ),
+                key=lambda p: p["x"],
+            ),
+        },
+        {
+            "name": "depth",
+            "x": "L",
+            "unit": "layer",
+            "fixed": f"{args.method} (s = {network_uses_per_step(args.method)}), N = {args.fixed_steps}",
+            "points": [
+                {"x": d, "label": str(d), "method": args.method, "steps": args.fixed_steps, "depth": d}
+                for d in args.depths
+            ],
+        },
     ]
 
 
@@ -169,9 +224,17 @@ def fit_power(xs, ys) -> float:
 def fit(xs, ys, theory_bytes: float, formula: str, unit_bytes: float, unit: str) -> dict:
     """The line and the power law through ``(xs, ys)``, beside the theory's slope."""
     a, b, resid = fit_line(xs, ys)
-    return {"intercept": a, "slope": b, "max_rel_residual": resid, "loglog_exponent": fit_power(xs, ys),
-            "theory_bytes": theory_bytes, "theory": formula, "unit_bytes": unit_bytes, "unit": unit,
-            "measured_over_theory": b / theory_bytes}
+    return {
+        "intercept": a,
+        "slope": b,
+        "max_rel_residual": resid,
+        "loglog_exponent": fit_power(xs, ys),
+        "theory_bytes": theory_bytes,
+        "theory": formula,
+        "unit_bytes": unit_bytes,
+        "unit": unit,
+        "measured_over_theory": b / theory_bytes,
+    }
 
 
 def theory(sweep: str, gradient: str, z: dict) -> tuple[float, str, float, str]:
@@ -194,8 +257,9 @@ def theory(sweep: str, gradient: str, z: dict) -> tuple[float, str, float, str]:
 
 # --------------------------------------------------------------------------------------
 def run(args) -> dict:
-    # y0, t and the devices from memory.py's set-up (its MLP is replaced by DeepMLP)
-    _, y0, t, device, pdev, state, _, _, _ = memory.setup(args)
+    # y0, t and the device of memory.py's case (its MLP is replaced by DeepMLP)
+    case = memory_case(args.width, args.batch, args.dtype, args.method, device=args.device, seed=args.seed)
+    y0, t, device, state = case.y0, case.t, case.device, case.state_bytes
     dtype = DTYPES[args.dtype]
     itemsize = torch.empty((), dtype=dtype).element_size()
     plan = sweeps(args)
@@ -203,19 +267,23 @@ def run(args) -> dict:
     funcs, sizes = {}, {}
     for d in sorted({p["depth"] for sw in plan for p in sw["points"]}):
         torch.manual_seed(args.seed)
-        funcs[d] = DeepMLP(DIM, args.width, d).to(device=device, dtype=dtype)
-        sizes[d] = {"theta_bytes": sum(p.numel() for p in funcs[d].parameters()) * itemsize,
-                    "activation_bytes": saved_activation_bytes(funcs[d], y0)}
+        funcs[d] = DeepMLP(case.dim, args.width, d).to(device=device, dtype=dtype)
+        sizes[d] = {
+            "theta_bytes": sum(p.numel() for p in funcs[d].parameters()) * itemsize,
+            "activation_bytes": saved_activation_bytes(funcs[d], y0),
+        }
     # one hidden layer's activations and parameters: the (exact) per-layer increments
-    one_layer = {"layer_act": 2 * args.batch * args.width * itemsize,
-                 "layer_params": (args.width * args.width + args.width) * itemsize}
+    one_layer = {
+        "layer_act": 2 * args.batch * args.width * itemsize,
+        "layer_params": (args.width * args.width + args.width) * itemsize,
+    }
     fixed = sizes[args.depth]  # sweeps (a) and (b) use it
     nfe = {m: forward_evaluations(m, args.fixed_steps) for m in args.stage_methods}
 
     # warm-up (first profiler start, lazy initialisations), not recorded
     p0 = plan[0]["points"][0]
     for g in args.gradients:
-        memory.measure(funcs[p0["depth"]], y0, t, p0["steps"], p0["method"], g, pdev)
+        measure_iteration(funcs[p0["depth"]], y0, t, p0["steps"], p0["method"], g, device)
 
     results = []
     for sw in plan:
@@ -225,22 +293,32 @@ def run(args) -> dict:
             row = {**p, "peak": {}, "grad_rel_diff": {}}
             grads = {}
             for g in args.gradients:
-                peak, _, grads[g] = memory.measure(func, y0, t, p["steps"], p["method"], g, pdev)
+                peak, _, grads[g] = measure_iteration(func, y0, t, p["steps"], p["method"], g, device)
                 row["peak"][g] = peak
                 if args.repeat_check and i == 0:  # determinism: the first point of each sweep twice
-                    row.setdefault("repeat_identical", {})[g] = memory.measure(
-                        func, y0, t, p["steps"], p["method"], g, pdev)[0] == peak
-                print(f"  {sw['name']:6s} {sw['x']} = {p['label']:14s} {g:20s} {peak / MiB:10.3f} MiB",
-                      file=sys.stderr, flush=True)
+                    row.setdefault("repeat_identical", {})[g] = (
+                        measure_iteration(func, y0, t, p["steps"], p["method"], g, device)[0] == peak
+                    )
+                print(
+                    f"  {sw['name']:6s} {sw['x']} = {p['label']:14s} {g:20s} {peak / MiB:10.3f} MiB",
+                    file=sys.stderr,
+                    flush=True,
+                )
             if "backprop" in grads:
                 ref = grads["backprop"]
-                row["grad_rel_diff"] = {g: float((grads[g] - ref).norm() / ref.norm())
-                                        for g in args.gradients if g != "backprop"}
+                row["grad_rel_diff"] = {
+                    g: float((grads[g] - ref).norm() / ref.norm()) for g in args.gradients if g != "backprop"
+                }
             del grads
             rows.append(row)
 
-        z = {"state": state, "act": fixed["activation_bytes"], "N": args.fixed_steps,
-             "s": num_stages(args.method), **one_layer}
+        z = {
+            "state": state,
+            "act": fixed["activation_bytes"],
+            "N": args.fixed_steps,
+            "s": network_uses_per_step(args.method),
+            **one_layer,
+        }
         xs = [r["x"] for r in rows]
         fits = {g: fit(xs, [r["peak"][g] for r in rows], *theory(sw["name"], g, z)) for g in args.gradients}
         extra = {}
@@ -248,22 +326,43 @@ def run(args) -> dict:
             # the symplectic adjoint against what it holds per stage: s' + #{b_i != 0} vectors
             for r in rows:
                 r["stage_vectors"] = stage_vectors(r["method"])
-            extra["symplectic_adjoint"] = fit([r["stage_vectors"] for r in rows],
-                                              [r["peak"]["symplectic_adjoint"] for r in rows],
-                                              state, "\\|y\\|", state, "\\|y\\|")
-        results.append({**{k: v for k, v in sw.items() if k != "points"}, "rows": rows, "fits": fits,
-                        "vector_fits": extra})
+            extra["symplectic_adjoint"] = fit(
+                [r["stage_vectors"] for r in rows],
+                [r["peak"]["symplectic_adjoint"] for r in rows],
+                state,
+                "\\|y\\|",
+                state,
+                "\\|y\\|",
+            )
+        results.append(
+            {**{k: v for k, v in sw.items() if k != "points"}, "rows": rows, "fits": fits, "vector_fits": extra}
+        )
 
     return {
-        "config": {"dim": DIM, "width": args.width, "batch": args.batch, "dtype": args.dtype, "method": args.method,
-                   "depth": args.depth, "steps": list(args.steps), "stage_methods": list(args.stage_methods),
-                   "fixed_steps": args.fixed_steps, "depths": list(args.depths), "gradients": list(args.gradients),
-                   "device": str(device), "seed": args.seed, "threads": torch.get_num_threads()},
-        "sizes": {"state_bytes": state, "activation_bytes": fixed["activation_bytes"], **one_layer,
-                  "per_depth": sizes, "nfe_forward": nfe},
-        "sweeps": results, "machine": machine(),
-        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "command": "python " + " ".join(sys.argv),
+        "config": {
+            "dim": case.dim,
+            "width": args.width,
+            "batch": args.batch,
+            "dtype": args.dtype,
+            "method": args.method,
+            "depth": args.depth,
+            "steps": list(args.steps),
+            "stage_methods": list(args.stage_methods),
+            "fixed_steps": args.fixed_steps,
+            "depths": list(args.depths),
+            "gradients": list(args.gradients),
+            "device": str(device),
+            "seed": args.seed,
+            "threads": torch.get_num_threads(),
+        },
+        "sizes": {
+            "state_bytes": state,
+            "activation_bytes": fixed["activation_bytes"],
+            **one_layer,
+            "per_depth": sizes,
+            "nfe_forward": nfe,
+        },
+        "sweeps": results,
     }
 
 
@@ -273,27 +372,41 @@ def to_markdown(res: dict) -> str:
     grads = c["gradients"]
     has_ratio = "backprop" in grads and "symplectic_adjoint" in grads
     n = c["fixed_steps"]
-    lines = [f"MLP 43 -> {c['width']} x L -> 43 (L hidden layers of width {c['width']}, softplus), batch {c['batch']}, "
-             f"{c['dtype']}, t in [0, 1], step_size 1/N, device {c['device']}, {c['threads']} thread(s).", "",
-             f"- state |y| = {z['state_bytes']:,} B; at L = {c['depth']}: one network use's activations "
-             f"A = {z['activation_bytes']:,} B ({z['activation_bytes'] / MiB:.3f} MiB = {z['activation_bytes'] / z['state_bytes']:.1f} |y|)",
-             f"- one hidden layer: activations a_L = 2 x batch x W x itemsize = {z['layer_act']:,} B, "
-             f"parameters p_L = (W^2 + W) x itemsize = {z['layer_params']:,} B",
-             "- per depth L: |theta| / A = " + ", ".join(
-                 f"{d}: {v['theta_bytes']:,} / {v['activation_bytes']:,} B" for d, v in z["per_depth"].items()),
-             f"- forward evaluations of f at N = {n} (s N, or s N + 1 for FSAL): " + ", ".join(
-                 f"{m} {k}" + ("" if ok else " (NOT s N (+1))") for m, (k, ok) in z["nfe_forward"].items()), ""]
+    lines = [
+        f"MLP 43 -> {c['width']} x L -> 43 (L hidden layers of width {c['width']}, softplus), batch {c['batch']}, "
+        f"{c['dtype']}, t in [0, 1], step_size 1/N, device {c['device']}, {c['threads']} thread(s).",
+        "",
+        f"- state |y| = {z['state_bytes']:,} B; at L = {c['depth']}: one network use's activations "
+        f"A = {z['activation_bytes']:,} B ({z['activation_bytes'] / MiB:.3f} MiB = "
+        f"{z['activation_bytes'] / z['state_bytes']:.1f} |y|)",
+        f"- one hidden layer: activations a_L = 2 x batch x W x itemsize = {z['layer_act']:,} B, "
+        f"parameters p_L = (W^2 + W) x itemsize = {z['layer_params']:,} B",
+        "- per depth L: |theta| / A = "
+        + ", ".join(f"{d}: {v['theta_bytes']:,} / {v['activation_bytes']:,} B" for d, v in z["per_depth"].items()),
+        f"- forward evaluations of f at N = {n} (s N, or s N + 1 for FSAL): "
+        + ", ".join(f"{m} {k}" + ("" if ok else " (NOT s N (+1))") for m, (k, ok) in z["nfe_forward"].items()),
+        "",
+    ]
 
     for sw in res["sweeps"]:
         lines.append(f"### Sweep {sw['x']}: peak MiB against {sw['name']} ({sw['fixed']})")
         lines.append("")
         hdr = " | ".join(f"{LABELS[g]} (MiB)" for g in grads)
         vectors = bool(sw["vector_fits"])
-        lines.append(f"| {sw['x']} | {hdr} |" + (" backprop / SA |" if has_ratio else "")
-                     + (" s' + #{b != 0} | SA - that x \\|y\\| (B) |" if vectors else "")
-                     + " grad rel. diff. (max) | repeat identical |")
-        lines.append("| --- | " + " | ".join("---:" for _ in grads) + " |" + (" ---: |" if has_ratio else "")
-                     + (" ---: | ---: |" if vectors else "") + " ---: | :---: |")
+        lines.append(
+            f"| {sw['x']} | {hdr} |"
+            + (" backprop / SA |" if has_ratio else "")
+            + (" s' + #{b != 0} | SA - that x \\|y\\| (B) |" if vectors else "")
+            + " grad rel. diff. (max) | repeat identical |"
+        )
+        lines.append(
+            "| --- | "
+            + " | ".join("---:" for _ in grads)
+            + " |"
+            + (" ---: |" if has_ratio else "")
+            + (" ---: | ---: |" if vectors else "")
+            + " ---: | :---: |"
+        )
         for r in sw["rows"]:
             cells = " | ".join(f"{r['peak'][g] / MiB:.3f}" for g in grads)
             ratio = f" {r['peak']['backprop'] / r['peak']['symplectic_adjoint']:.1f} |" if has_ratio else ""
@@ -305,29 +418,44 @@ def to_markdown(res: dict) -> str:
             rep = "" if rep is None else ("yes" if all(rep.values()) else "NO")
             lines.append(f"| {r['label']} | {cells} |{ratio} {diff:.1e} | {rep} |")
         lines.append("")
-        lines.append("Fit `peak = a + b " + sw["x"] + "` (least squares) and log-log exponent: " + "; ".join(
-            f"{LABELS[g]} a = {f['intercept'] / MiB:.3f} MiB, b = {f['slope'] / MiB:.4f} MiB per {sw['unit']}, "
-            f"max residual {f['max_rel_residual']:.1%}, exponent {f['loglog_exponent']:.2f}"
-            for g, f in sw["fits"].items()) + ".")
+        lines.append(
+            "Fit `peak = a + b "
+            + sw["x"]
+            + "` (least squares) and log-log exponent: "
+            + "; ".join(
+                f"{LABELS[g]} a = {f['intercept'] / MiB:.3f} MiB, b = {f['slope'] / MiB:.4f} MiB per {sw['unit']}, "
+                f"max residual {f['max_rel_residual']:.1%}, exponent {f['loglog_exponent']:.2f}"
+                for g, f in sw["fits"].items()
+            )
+            + "."
+        )
         for g, f in sw["vector_fits"].items():
-            lines.append(f"{LABELS[g]} against the stage vectors s' + #{{b != 0}}: b = {f['slope']:,.0f} B = "
-                         f"{f['slope'] / f['unit_bytes']:.3f} |y| per vector, max residual {f['max_rel_residual']:.1e}.")
+            lines.append(
+                f"{LABELS[g]} against the stage vectors s' + #{{b != 0}}: b = {f['slope']:,.0f} B = "
+                f"{f['slope'] / f['unit_bytes']:.3f} |y| per vector, max residual {f['max_rel_residual']:.1e}."
+            )
         lines.append("")
 
     lines.append("### Fitted slopes against the theory")
     lines.append("")
-    lines.append("| per | method | fitted slope b (B) | in natural units | theory | theory (B) | measured / theory "
-                 "| log-log exponent |")
+    lines.append(
+        "| per | method | fitted slope b (B) | in natural units | theory | theory (B) | measured / theory "
+        "| log-log exponent |"
+    )
     lines.append("| --- | --- | ---: | ---: | --- | ---: | ---: | ---: |")
     for sw in res["sweeps"]:
         for g, f in sw["fits"].items():
-            lines.append(f"| {sw['unit']} ({sw['x']}) | {LABELS[g]} | {f['slope']:,.0f} "
-                         f"| {f['slope'] / f['unit_bytes']:.3f} {f['unit']} | {f['theory']} | {f['theory_bytes']:,.0f} "
-                         f"| {f['measured_over_theory']:.3f} | {f['loglog_exponent']:.2f} |")
+            lines.append(
+                f"| {sw['unit']} ({sw['x']}) | {LABELS[g]} | {f['slope']:,.0f} "
+                f"| {f['slope'] / f['unit_bytes']:.3f} {f['unit']} | {f['theory']} | {f['theory_bytes']:,.0f} "
+                f"| {f['measured_over_theory']:.3f} | {f['loglog_exponent']:.2f} |"
+            )
         for g, f in sw["vector_fits"].items():
-            lines.append(f"| stage vector (s' + #{{b != 0}}) | {LABELS[g]} | {f['slope']:,.0f} "
-                         f"| {f['slope'] / f['unit_bytes']:.3f} {f['unit']} | {f['theory']} | {f['theory_bytes']:,.0f} "
-                         f"| {f['measured_over_theory']:.3f} | {f['loglog_exponent']:.2f} |")
+            lines.append(
+                f"| stage vector (s' + #{{b != 0}}) | {LABELS[g]} | {f['slope']:,.0f} "
+                f"| {f['slope'] / f['unit_bytes']:.3f} {f['unit']} | {f['theory']} | {f['theory_bytes']:,.0f} "
+                f"| {f['measured_over_theory']:.3f} | {f['loglog_exponent']:.2f} |"
+            )
     return "\n".join(lines)
 
 
@@ -335,9 +463,7 @@ def to_markdown(res: dict) -> str:
 def write_plot(res: dict, directory: str) -> str:
     """One PNG, three panels: peak memory (log scale) against N and L (log scale) and s,
     every method, with its fitted straight line dashed."""
-    from symode.cli import _import_pyplot, _save
-
-    plt = _import_pyplot()
+    plt = import_pyplot()
     if plt is None:
         raise SystemExit("--plot needs matplotlib: pip install matplotlib (or pip install -e '.[bench]')")
     from matplotlib import ticker
@@ -349,8 +475,13 @@ def write_plot(res: dict, directory: str) -> str:
         xs = [r["x"] for r in sw["rows"]]
         dense = [xs[0] + (xs[-1] - xs[0]) * k / 100 for k in range(101)]
         for g, f in sw["fits"].items():
-            ax.plot(xs, [r["peak"][g] / MiB for r in sw["rows"]], "o", color=COLORS[g],
-                    label=f"{LABELS[g]}: {f['slope'] / f['unit_bytes']:.3g} {f['unit'].replace(chr(92), '')}/{sw['unit']}")
+            ax.plot(
+                xs,
+                [r["peak"][g] / MiB for r in sw["rows"]],
+                "o",
+                color=COLORS[g],
+                label=f"{LABELS[g]}: {f['slope'] / f['unit_bytes']:.3g} {f['unit'].replace(chr(92), '')}/{sw['unit']}",
+            )
             ax.plot(dense, [(f["intercept"] + f["slope"] * x) / MiB for x in dense], "--", color=COLORS[g], lw=1)
         ax.set_yscale("log")
         ax.yaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
@@ -359,34 +490,48 @@ def write_plot(res: dict, directory: str) -> str:
         if sw["name"] != "stages":  # N and L double from point to point
             ax.set_xscale("log", base=2)
         ax.set_xticks(xs)
-        ax.set_xticklabels([r["label"] for r in sw["rows"]], fontsize=8,
-                           rotation=40 if sw["name"] == "stages" else 0, ha="right" if sw["name"] == "stages" else "center")
+        ax.set_xticklabels(
+            [r["label"] for r in sw["rows"]],
+            fontsize=8,
+            rotation=40 if sw["name"] == "stages" else 0,
+            ha="right" if sw["name"] == "stages" else "center",
+        )
         ax.set_xlabel(f"{sw['x']} ({sw['name']}; {sw['fixed']})")
         ax.set_ylabel("peak memory of one iteration (MiB)")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8, title="fitted slope", title_fontsize=8)
-    fig.suptitle(f"symode peak memory: MLP 43 -> {c['width']} x L -> 43 softplus, batch {c['batch']}, {c['dtype']}, "
-                 f"t in [0, 1], step 1/N (profiler measure, exact bytes)", fontsize=10)
-    return _save(plt, fig, directory, "scaling.png")
+    fig.suptitle(
+        f"symode peak memory: MLP 43 -> {c['width']} x L -> 43 softplus, batch {c['batch']}, {c['dtype']}, "
+        f"t in [0, 1], step 1/N (profiler measure, exact bytes)",
+        fontsize=10,
+    )
+    return save_figure(plt, fig, directory, "scaling.png")
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true",
-                   help="tiny sizes (W 32, batch 16, N <= 8, L <= 3) for a smoke run of seconds")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--quick", action="store_true", help="tiny sizes (W 32, batch 16, N <= 8, L <= 3) for a smoke run of seconds"
+    )
     p.add_argument("--width", type=int, help=f"hidden width W (default {FULL['width']})")
     p.add_argument("--batch", type=int, help=f"batch size (default {FULL['batch']})")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
     p.add_argument("--steps", type=int, nargs="+", help=f"sweep (a): numbers of steps N (default {FULL['steps']})")
     p.add_argument("--method", help=f"fixed-step method of sweeps (a) and (c) (default {FULL['method']})")
     p.add_argument("--depth", type=int, help=f"hidden layers of sweeps (a) and (b) (default {FULL['depth']})")
-    p.add_argument("--stage-methods", nargs="+",
-                   help=f"sweep (b): tableaus (symode.TABLEAUS), taking fixed steps (default {FULL['stage_methods']})")
+    p.add_argument(
+        "--stage-methods",
+        nargs="+",
+        help=f"sweep (b): tableaus (symode.TABLEAUS), taking fixed steps (default {FULL['stage_methods']})",
+    )
     p.add_argument("--fixed-steps", type=int, help=f"N of sweeps (b) and (c) (default {FULL['fixed_steps']})")
-    p.add_argument("--depths", type=int, nargs="+", help=f"sweep (c): numbers of hidden layers L (default {FULL['depths']})")
+    p.add_argument(
+        "--depths", type=int, nargs="+", help=f"sweep (c): numbers of hidden layers L (default {FULL['depths']})"
+    )
     p.add_argument("--gradients", nargs="+", choices=GRADIENTS, default=list(GRADIENTS))
-    memory.add_run_arguments(p, "do not measure the first point of every sweep twice to check that the bytes repeat")
+    add_run_arguments(p, "do not measure the first point of every sweep twice to check that the bytes repeat")
     p.add_argument("--plot", metavar="DIR", help="write DIR/scaling.png (needs matplotlib)")
     p.add_argument("--out", help="write the record here: markdown if PATH ends in .md, else JSON")
     args = p.parse_args(argv)

@@ -14,22 +14,92 @@ built on this public API, and nothing in the core imports it.
   :func:`write_csv`, :func:`write_json` (with date, commit and CPU model), plots.
 """
 
-from .contestants import (REFERENCE, Contestant, PeerGradient, SymodeGradient, as_contestant, default_gradients,
-                          gradient_label, gradient_list, parse_gradient)
+from .contestants import (
+    REFERENCE,
+    Contestant,
+    PeerGradient,
+    SymodeGradient,
+    as_contestant,
+    default_gradients,
+    gradient_label,
+    gradient_list,
+    parse_gradient,
+)
 from .fields import CNFBlock, ConcatMLP, MLPField, gaussian_mixture
 from .harness import DTYPES, MethodResult, MiB, interleave, iteration, rel_diffs, run
 from .memory import MemoryResult, peak_memory, quiet_stderr
 from .peers import CountingField, PeerUnsupported
-from .problems import PROBLEMS, BenchProblem, CNFProblem, MLPProblem, SummedStats, get_problem
-from .report import (import_pyplot, machine, save_figure, source_state, table, write_csv, write_json,
-                     write_plots)
+from .problems import DEFAULT_PROBLEM, PROBLEMS, BenchProblem, CNFProblem, MLPProblem, SummedStats, get_problem
+from .records import (
+    MemoryCase,
+    add_run_arguments,
+    fixed_step_iteration,
+    measure_iteration,
+    memory_case,
+    network_uses_per_step,
+    run_and_record,
+    saved_activation_bytes,
+)
+from .report import (
+    import_pyplot,
+    machine,
+    recorded,
+    save_figure,
+    source_state,
+    table,
+    write_csv,
+    write_json,
+    write_plots,
+)
 
 __all__ = [
-    "BenchProblem", "CNFProblem", "MLPProblem", "SummedStats", "PROBLEMS", "get_problem",
-    "MLPField", "ConcatMLP", "CNFBlock", "gaussian_mixture",
-    "Contestant", "SymodeGradient", "PeerGradient", "as_contestant", "default_gradients", "parse_gradient",
-    "gradient_label", "gradient_list", "REFERENCE", "CountingField", "PeerUnsupported",
-    "peak_memory", "MemoryResult", "quiet_stderr",
-    "iteration", "rel_diffs", "interleave", "run", "MethodResult", "DTYPES", "MiB",
-    "machine", "source_state", "table", "write_csv", "write_json", "import_pyplot", "write_plots", "save_figure",
+    "BenchProblem",
+    "CNFProblem",
+    "MLPProblem",
+    "SummedStats",
+    "PROBLEMS",
+    "get_problem",
+    "MLPField",
+    "ConcatMLP",
+    "CNFBlock",
+    "gaussian_mixture",
+    "Contestant",
+    "SymodeGradient",
+    "PeerGradient",
+    "as_contestant",
+    "default_gradients",
+    "parse_gradient",
+    "gradient_label",
+    "gradient_list",
+    "REFERENCE",
+    "CountingField",
+    "PeerUnsupported",
+    "peak_memory",
+    "MemoryResult",
+    "quiet_stderr",
+    "iteration",
+    "rel_diffs",
+    "interleave",
+    "run",
+    "MethodResult",
+    "DTYPES",
+    "MiB",
+    "machine",
+    "source_state",
+    "table",
+    "write_csv",
+    "write_json",
+    "import_pyplot",
+    "write_plots",
+    "save_figure",
+    "DEFAULT_PROBLEM",
+    "recorded",
+    "MemoryCase",
+    "memory_case",
+    "network_uses_per_step",
+    "saved_activation_bytes",
+    "fixed_step_iteration",
+    "measure_iteration",
+    "add_run_arguments",
+    "run_and_record",
 ]

@@ -32,8 +32,9 @@ class Plan:
         self.h = steps.step_size
         self.points, self.out_index, _ = steps.plan(t_out)
         # uniform: every output interval is a whole number of steps of exactly h
-        self.uniform = all(abs(abs(b - a) / self.h - round(abs(b - a) / self.h)) <= 1e-9
-                           for a, b in zip(t_out, t_out[1:]))
+        self.uniform = all(
+            abs(abs(b - a) / self.h - round(abs(b - a) / self.h)) <= 1e-9 for a, b in zip(t_out, t_out[1:])
+        )
 
     def grid(self, like: torch.Tensor) -> torch.Tensor:
         return torch.tensor(self.points, dtype=like.dtype, device=like.device)
@@ -85,6 +86,7 @@ def _stack_outputs(y0: Any, states: list[Any]) -> Any:
 # --------------------------------------------------------------------------------------
 # torchdiffeq
 
+
 def run_torchdiffeq(job: Job) -> Any:
     import torchdiffeq
 
@@ -94,17 +96,35 @@ def run_torchdiffeq(job: Job) -> Any:
 
         def grid_constructor(func, y0, t):  # torchdiffeq calls it per solve, also in the adjoint's backward
             return torch.tensor(steps.plan(t.detach().cpu().double().tolist())[0], dtype=t.dtype, device=t.device)
+
         options["grid_constructor"] = grid_constructor
     if job.gradient == "backprop":
-        return torchdiffeq.odeint(job.func, job.y0, job.t, rtol=job.rtol, atol=job.atol,
-                                  method=job.method, options=options)
-    return torchdiffeq.odeint_adjoint(job.func, job.y0, job.t, rtol=job.rtol, atol=job.atol, method=job.method,
-                                      options=options, adjoint_params=job.params)
+        return torchdiffeq.odeint(
+            job.func, job.y0, job.t, rtol=job.rtol, atol=job.atol, method=job.method, options=options
+        )
+    return torchdiffeq.odeint_adjoint(
+        job.func,
+        job.y0,
+        job.t,
+        rtol=job.rtol,
+        atol=job.atol,
+        method=job.method,
+        options=options,
+        adjoint_params=job.params,
+    )
 
 
-TORCHDIFFEQ_METHODS = {"euler": "euler", "midpoint": "midpoint", "heun": "heun2", "rk38": "rk4",
-                        "adaptive_heun": "adaptive_heun", "fehlberg2": "fehlberg2", "bosh3": "bosh3",
-                        "dopri5": "dopri5", "dopri8": "dopri8"}
+TORCHDIFFEQ_METHODS = {
+    "euler": "euler",
+    "midpoint": "midpoint",
+    "heun": "heun2",
+    "rk38": "rk4",
+    "adaptive_heun": "adaptive_heun",
+    "fehlberg2": "fehlberg2",
+    "bosh3": "bosh3",
+    "dopri5": "dopri5",
+    "dopri8": "dopri8",
+}
 TORCHDIFFEQ_ADAPTIVE = frozenset({"adaptive_heun", "fehlberg2", "bosh3", "dopri5", "dopri8"})
 TORCHDIFFEQ_UNSUPPORTED = {
     "rk4": "torchdiffeq's 'rk4' is Kutta's 3/8 rule, not the classical rk4: use method='rk38' to compare it",
@@ -114,17 +134,28 @@ TORCHDIFFEQ_UNSUPPORTED = {
 # --------------------------------------------------------------------------------------
 # TorchDiffEqPack
 
+
 def _tdep_options(job: Job, t0: float, t1: float, **extra: Any) -> dict[str, Any]:
-    options = {"method": job.method, "t0": t0, "t1": t1, "rtol": job.rtol, "atol": job.atol,
-               "h": job.plan.h if job.plan is not None else None, "print_neval": False, "neval_max": 500000}
+    options = {
+        "method": job.method,
+        "t0": t0,
+        "t1": t1,
+        "rtol": job.rtol,
+        "atol": job.atol,
+        "h": job.plan.h if job.plan is not None else None,
+        "print_neval": False,
+        "neval_max": 500000,
+    }
     options.update(extra)
     return options
 
 
 def _check_tdep_params(job: Job) -> None:
     if job.adjoint_params is not None:
-        raise PeerUnsupported(f"{job.name}: TorchDiffEqPack differentiates the parameters of func "
-                              f"(an nn.Module) only; adjoint_params is not supported")
+        raise PeerUnsupported(
+            f"{job.name}: TorchDiffEqPack differentiates the parameters of func "
+            f"(an nn.Module) only; adjoint_params is not supported"
+        )
 
 
 def run_tdep_odesolve(job: Job) -> Any:
@@ -154,32 +185,48 @@ def run_tdep_aca(job: Job) -> Any:
     return _stack_outputs(job.y0, states)
 
 
-TDEP_METHODS = {"euler": "euler", "midpoint": "rk2", "rk4": "rk4", "adaptive_heun": "rk12",
-                 "bosh3": "rk23", "dopri5": "dopri5"}
+TDEP_METHODS = {
+    "euler": "euler",
+    "midpoint": "rk2",
+    "rk4": "rk4",
+    "adaptive_heun": "rk12",
+    "bosh3": "rk23",
+    "dopri5": "dopri5",
+}
 TDEP_ADAPTIVE = frozenset({"rk12", "rk23", "dopri5"})
 TDEP_UNSUPPORTED = {
     "rk38": "TorchDiffEqPack's 'rk4' is the classical rk4, it has no 3/8 rule: use method='rk4'",
 }
 TDEP_ACA_METHODS = {k: v for k, v in TDEP_METHODS.items() if v in TDEP_ADAPTIVE}
-TDEP_ACA_UNSUPPORTED = dict(TDEP_UNSUPPORTED, **{
-    k: f"TorchDiffEqPack's odesolve_adjoint fails in its backward pass with the fixed-step {v!r} "
-       f"(its error estimate is None)" for k, v in TDEP_METHODS.items() if v not in TDEP_ADAPTIVE})
+TDEP_ACA_UNSUPPORTED = dict(
+    TDEP_UNSUPPORTED,
+    **{
+        k: f"TorchDiffEqPack's odesolve_adjoint fails in its backward pass with the fixed-step {v!r} "
+        f"(its error estimate is None)"
+        for k, v in TDEP_METHODS.items()
+        if v not in TDEP_ADAPTIVE
+    },
+)
 
 
 # --------------------------------------------------------------------------------------
 # torchode
 
+
 def run_torchode(job: Job) -> Any:
     import torchode
 
     if job.gradient != "backprop" and job.adjoint_params is not None:
-        raise PeerUnsupported(f"{job.name}: torchode's BacksolveAdjoint differentiates the parameters "
-                              f"of func (an nn.Module) only; adjoint_params is not supported")
+        raise PeerUnsupported(
+            f"{job.name}: torchode's BacksolveAdjoint differentiates the parameters "
+            f"of func (an nn.Module) only; adjoint_params is not supported"
+        )
     layout = StateLayout.of(job.y0)
     # the state as one row: one step-size sequence for the whole state, as in symode
     term = torchode.ODETerm(_RowModule(layout, job.func), with_stats=False)
-    step_method = {"euler": torchode.Euler, "heun": torchode.Heun, "dopri5": torchode.Dopri5,
-                   "tsit5": torchode.Tsit5}[job.method](term=term)
+    step_method = {"euler": torchode.Euler, "heun": torchode.Heun, "dopri5": torchode.Dopri5, "tsit5": torchode.Tsit5}[
+        job.method
+    ](term=term)
     # times in the state's dtype: its BacksolveAdjoint fails with float64 times and a float32 state
     t = torch.tensor(job.t_out, dtype=layout.flat_y0.dtype, device=layout.flat_y0.device)
     dt0 = None
@@ -193,8 +240,9 @@ def run_torchode(job: Job) -> Any:
         solver = torchode.AutoDiffAdjoint(step_method, controller)
     else:
         solver = torchode.BacksolveAdjoint(term, step_method, controller)
-    problem = torchode.InitialValueProblem(y0=layout.flat_y0.reshape(1, -1), t_start=t[:1], t_end=t[-1:],
-                                           t_eval=t[None])
+    problem = torchode.InitialValueProblem(
+        y0=layout.flat_y0.reshape(1, -1), t_start=t[:1], t_end=t[-1:], t_eval=t[None]
+    )
     sol = solver.solve(problem, dt0=dt0)
     if not bool((sol.status == 0).all()):
         raise RuntimeError(f"{job.name}: torchode's solve failed with status {sol.status.tolist()}")
@@ -216,20 +264,24 @@ class _RowModule(torch.nn.Module):
         return self.layout.flatten(self.func(t.reshape(-1)[0], state)).reshape(y.shape)
 
 
-TORCHODE_METHODS = {"euler": "euler", "heun": "heun", "adaptive_heun": "heun", "dopri5": "dopri5",
-                     "tsit5": "tsit5"}
+TORCHODE_METHODS = {"euler": "euler", "heun": "heun", "adaptive_heun": "heun", "dopri5": "dopri5", "tsit5": "tsit5"}
 TORCHODE_ADAPTIVE: frozenset[str] = frozenset()  # torchode runs every method with fixed or adaptive steps
 
 
 # --------------------------------------------------------------------------------------
 # the authors' torch_symplectic_adjoint
 
+
 def run_authors(job: Job) -> Any:
     import torch_symplectic_adjoint as tsa
 
-    fn = {"backprop": tsa.odeint, "adjoint": tsa.odeint_adjoint, "checkpoint": tsa.odeint_checkpoint,
-          "one_checkpoint": tsa.odeint_onecheckpoint, "symplectic_adjoint": tsa.odeint_symplectic_adjoint}[
-        job.gradient]
+    fn = {
+        "backprop": tsa.odeint,
+        "adjoint": tsa.odeint_adjoint,
+        "checkpoint": tsa.odeint_checkpoint,
+        "one_checkpoint": tsa.odeint_onecheckpoint,
+        "symplectic_adjoint": tsa.odeint_symplectic_adjoint,
+    }[job.gradient]
     kwargs = {} if job.gradient == "backprop" else {"adjoint_params": job.params}
     if job.plan is None:
         return fn(job.func, job.y0, job.t, rtol=job.rtol, atol=job.atol, method=job.method, **kwargs)
@@ -240,15 +292,25 @@ def run_authors(job: Job) -> Any:
     return _select_rows(ys, job.plan.out_index)
 
 
-AUTHORS_METHODS = {"euler": "euler", "midpoint": "midpoint", "rk4": "rk4", "rk38": "rk38",
-                    "adaptive_heun": "adaptive_heun", "bosh3": "bosh3", "dopri5": "dopri5", "dopri8": "dopri8"}
+AUTHORS_METHODS = {
+    "euler": "euler",
+    "midpoint": "midpoint",
+    "rk4": "rk4",
+    "rk38": "rk38",
+    "adaptive_heun": "adaptive_heun",
+    "bosh3": "bosh3",
+    "dopri5": "dopri5",
+    "dopri8": "dopri8",
+}
 AUTHORS_ADAPTIVE = frozenset({"adaptive_heun", "bosh3", "dopri5", "dopri8"})
 AUTHORS_UNSUPPORTED = {
     "fehlberg2": "the authors' 'fehlberg2' estimates its error with the low-order weights, so its steps "
-                 "shrink with the tolerance and the solve stalls",
+    "shrink with the tolerance and the solve stalls",
 }
-AUTHORS_INSTALL = ("pip install 'git+https://github.com/tksmatsubara/symplectic-adjoint-method@beta' "
-                    "(not on PyPI; branch beta runs on recent torch)")
+AUTHORS_INSTALL = (
+    "pip install 'git+https://github.com/tksmatsubara/symplectic-adjoint-method@beta' "
+    "(not on PyPI; branch beta runs on recent torch)"
+)
 
 
 # --------------------------------------------------------------------------------------

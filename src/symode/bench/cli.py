@@ -38,21 +38,21 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
-from .. import TABLEAUS, AdaptiveSteps, FixedSteps, __version__, get_tableau
+from .. import AdaptiveSteps, FixedSteps, __version__, get_tableau
+from ._arguments import DEFAULT_PROBLEM, build_parser, with_command
 from .contestants import Contestant, PeerGradient, SymodeGradient, default_gradients, gradient_label, gradient_list
 from .contestants import parse_gradient as parse_gradient
 from .harness import DTYPES, MethodResult, busy_cpus, run
-from .problems import PROBLEMS, BenchProblem, get_problem
+from .problems import BenchProblem, get_problem
 from .report import Progress, import_pyplot, table, write_csv, write_json, write_plots
 
 __all__ = ["main", "Progress", "DEFAULT_PROBLEM", "default_gradients", "gradient_label", "parse_gradient"]
-
-DEFAULT_PROBLEM = "miniboone"
 
 
 def _peers_module() -> Any:
@@ -78,12 +78,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    args_list, implied = _with_command(list(sys.argv[1:] if argv is None else argv))
-    parser = _parser()
+    args_list, implied = with_command(list(sys.argv[1:] if argv is None else argv))
+    parser = build_parser()
     args = parser.parse_args(args_list)
     if implied and not args.quiet:
-        print("symode: no command given, running 'symode bench' ('symode --help' lists the commands)",
-              file=sys.stderr)
+        print("symode: no command given, running 'symode bench' ('symode --help' lists the commands)", file=sys.stderr)
     return _bench(parser.bench_parser, args)  # type: ignore[attr-defined]
 
 
@@ -117,8 +116,18 @@ def _bench(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 
     wall = time.perf_counter()
     try:
-        results = run(setup.problem, setup.contestants, args.method, setup.steps, args.repeats, setup.device,
-                      reference_dtype=setup.reference_dtype, progress=progress, log=log, skipped=setup.skipped)
+        results = run(
+            setup.problem,
+            setup.contestants,
+            args.method,
+            setup.steps,
+            args.repeats,
+            setup.device,
+            reference_dtype=setup.reference_dtype,
+            progress=progress,
+            log=log,
+            skipped=setup.skipped,
+        )
     except Exception as exc:  # a solve that fails: report it as an error of the command
         progress.close()
         print(f"symode: error: {type(exc).__name__}: {exc}", file=sys.stderr)
@@ -164,14 +173,27 @@ def _setup(parser: argparse.ArgumentParser, args: argparse.Namespace) -> _Setup:
     if args.plot:
         plt = import_pyplot()
         if plt is None:
-            parser.error("--plot needs matplotlib, which is not installed: pip install matplotlib "
-                         "(or pip install 'torch-symode[bench]')")
+            parser.error(
+                "--plot needs matplotlib, which is not installed: pip install matplotlib "
+                "(or pip install 'torch-symode[bench]')"
+            )
     skipped = _add_peers(parser, args, contestants)
     busy, threads_note = _choose_threads(args, device)
     try:
-        problem = get_problem(args.problem, batch=args.batch, width=args.width, layers=args.layers,
-                              blocks=args.blocks, dim=args.dim, dtype=DTYPES[args.dtype], device=device,
-                              seed=args.seed, noise=args.noise, t1=args.t1, init_gain=args.init_gain)
+        problem = get_problem(
+            args.problem,
+            batch=args.batch,
+            width=args.width,
+            layers=args.layers,
+            blocks=args.blocks,
+            dim=args.dim,
+            dtype=DTYPES[args.dtype],
+            device=device,
+            seed=args.seed,
+            noise=args.noise,
+            t1=args.t1,
+            init_gain=args.init_gain,
+        )
     except ValueError as exc:
         parser.error(str(exc))
     reference_dtype = DTYPES[args.reference_dtype] if args.reference_dtype else None
@@ -180,8 +202,9 @@ def _setup(parser: argparse.ArgumentParser, args: argparse.Namespace) -> _Setup:
     return _Setup(contestants, steps, solver, device, problem, reference_dtype, plt, skipped, busy, threads_note)
 
 
-def _add_peers(parser: argparse.ArgumentParser, args: argparse.Namespace, contestants: list[Contestant]
-               ) -> dict[str, str]:
+def _add_peers(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, contestants: list[Contestant]
+) -> dict[str, str]:
     """With ``--peers``, append every installed peer; returns the missing ones and why."""
     skipped: dict[str, str] = {}
     if args.peers:
@@ -206,25 +229,38 @@ def _choose_threads(args: argparse.Namespace, device: torch.device) -> tuple[flo
     elif busy is not None and busy >= 0.5 and torch.get_num_threads() > 1:
         # several threads on CPUs that other processes keep busy are many times slower (each
         # waits for the slowest): use the idle ones
-        free = max(1, int(round((os.cpu_count() or 1) - busy)))
+        free = max(1, round((os.cpu_count() or 1) - busy))
         if free < torch.get_num_threads():
-            note = (f" (not {torch.get_num_threads()}: other processes keep {busy:.1f} CPU(s) busy; "
-                    f"--threads sets it)")
+            note = f" (not {torch.get_num_threads()}: other processes keep {busy:.1f} CPU(s) busy; --threads sets it)"
             torch.set_num_threads(free)
     return busy, note
 
 
 def _describe(args: argparse.Namespace, setup: _Setup) -> dict[str, Any]:
     """The run's description, for the header and the reports."""
-    reference = ("backprop's gradient" if setup.reference_dtype is None else
-                 f"backprop's gradient in {args.reference_dtype} on the same accepted steps")
+    reference = (
+        "backprop's gradient"
+        if setup.reference_dtype is None
+        else f"backprop's gradient in {args.reference_dtype} on the same accepted steps"
+    )
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     info = {
-        "command": "symode bench", "problem": args.problem, **setup.problem.description, "solver": setup.solver,
-        "dtype": args.dtype, "device": str(setup.device), "repeats": args.repeats, "gradient_reference": reference,
-        "torch": torch.__version__, "threads": torch.get_num_threads(), "cpus": os.cpu_count() or 1,
-        "load_average_1min": load, "busy_cpus_at_start": setup.busy, "threads_note": setup.threads_note.strip(" ()"),
-        "python": platform.python_version(), "symode": __version__,
+        "command": "symode bench",
+        "problem": args.problem,
+        **setup.problem.description,
+        "solver": setup.solver,
+        "dtype": args.dtype,
+        "device": str(setup.device),
+        "repeats": args.repeats,
+        "gradient_reference": reference,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpus": os.cpu_count() or 1,
+        "load_average_1min": load,
+        "busy_cpus_at_start": setup.busy,
+        "threads_note": setup.threads_note.strip(" ()"),
+        "python": platform.python_version(),
+        "symode": __version__,
     }
     if setup.device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(setup.device)
@@ -233,50 +269,67 @@ def _describe(args: argparse.Namespace, setup: _Setup) -> dict[str, Any]:
 
 def _print_header(args: argparse.Namespace, setup: _Setup, info: dict[str, Any]) -> None:
     print(f"symode {__version__} bench: gradient methods on the {args.problem!r} problem")
-    for key in ("summary", "vector_field", "parameters", "y0_shape", "t", "loss", "data", "solver", "dtype",
-                "device"):
+    for key in ("summary", "vector_field", "parameters", "y0_shape", "t", "loss", "data", "solver", "dtype", "device"):
         print(f"  {key + ':':14s}{info[key]}")
     busy, cpus, threads = setup.busy, info["cpus"], torch.get_num_threads()
-    print(f"  {'torch:':14s}{torch.__version__}, {threads} thread(s){setup.threads_note}, {cpus} CPU(s), "
-          f"load average {info['load_average_1min']:.2f}"
-          + ("" if busy is None else f", {busy:.1f} CPU(s) busy at start") + f", Python {platform.python_version()}"
-          + (f", {info['gpu']}" if "gpu" in info else ""))
-    print(f"  {'timing:':14s}median of {args.repeats} iteration(s) (forward + backward, a new Hutchinson noise "
-          f"each) after one that computes the gradients; methods interleaved; peak memory in a separate run")
+    print(
+        f"  {'torch:':14s}{torch.__version__}, {threads} thread(s){setup.threads_note}, {cpus} CPU(s), "
+        f"load average {info['load_average_1min']:.2f}"
+        + ("" if busy is None else f", {busy:.1f} CPU(s) busy at start")
+        + f", Python {platform.python_version()}"
+        + (f", {info['gpu']}" if "gpu" in info else "")
+    )
+    print(
+        f"  {'timing:':14s}median of {args.repeats} iteration(s) (forward + backward, a new Hutchinson noise "
+        f"each) after one that computes the gradients; methods interleaved; peak memory in a separate run"
+    )
     if busy is not None and busy > 0.5:
-        print(f"  warning: other processes keep {busy:.1f} of the {cpus} CPU(s) busy: times are unreliable"
-              + (", and with several threads each can be many times slower (try --threads 1)"
-                 if threads > 1 else ""))
+        print(
+            f"  warning: other processes keep {busy:.1f} of the {cpus} CPU(s) busy: times are unreliable"
+            + (", and with several threads each can be many times slower (try --threads 1)" if threads > 1 else "")
+        )
     elif threads > 1 and setup.device.type == "cpu":
-        print(f"  note: {threads} threads: if other processes start using the CPUs during the run, "
-              f"each iteration can become many times slower (--threads 1 is steadier)")
+        print(
+            f"  note: {threads} threads: if other processes start using the CPUs during the run, "
+            f"each iteration can become many times slower (--threads 1 is steadier)"
+        )
     sys.stdout.flush()
 
 
-def _print_results(args: argparse.Namespace, setup: _Setup, results: list[MethodResult], reference: str,
-                   wall: float) -> None:
+def _print_results(
+    args: argparse.Namespace, setup: _Setup, results: list[MethodResult], reference: str, wall: float
+) -> None:
     print()
     print(table(results, reference_is_backprop=setup.reference_dtype is None))
     print()
     if args.peers:
         ran = [r.method for r in results if r.peer]
-        print(f"peers (symode.bench.peers): {', '.join(ran) if ran else 'none ran'}"
-              + ("; their steps are their own (adaptive, interpolated outputs), so their gradient differs from "
-                 "symode's by about the tolerance, and they report no step counts" if ran else ""))
+        print(
+            f"peers (symode.bench.peers): {', '.join(ran) if ran else 'none ran'}"
+            + (
+                "; their steps are their own (adaptive, interpolated outputs), so their gradient differs from "
+                "symode's by about the tolerance, and they report no step counts"
+                if ran
+                else ""
+            )
+        )
         for name, why in setup.skipped.items():
             print(f"  skipped {name}: {why}")
         print()
-    print(f"grad rel err: max over the compared tensors (each weight and bias{', y0' if args.problem == 'mlp' else ''})"
-          f" of ||g - g_ref||_2 / ||g_ref||_2, g_ref = {reference}.")
-    print("peak MiB: torch allocations above the start of one forward + backward; x bp: / backprop's. "
-          "time s: median seconds per iteration; x bp: / backprop's median (--json also gives the median of "
-          "the per-round ratios). NFE bwd: evaluations of f in the backward pass (recomputation + "
-          "vector-Jacobian products); steps and NFE summed over the blocks.")
+    print(
+        f"grad rel err: max over the compared tensors (each weight and bias{', y0' if args.problem == 'mlp' else ''})"
+        f" of ||g - g_ref||_2 / ||g_ref||_2, g_ref = {reference}."
+    )
+    print(
+        "peak MiB: torch allocations above the start of one forward + backward; x bp: / backprop's. "
+        "time s: median seconds per iteration; x bp: / backprop's median (--json also gives the median of "
+        "the per-round ratios). NFE bwd: evaluations of f in the backward pass (recomputation + "
+        "vector-Jacobian products); steps and NFE summed over the blocks."
+    )
     print(f"wall time: {wall:.1f} s")
 
 
-def _write_outputs(args: argparse.Namespace, setup: _Setup, results: list[MethodResult],
-                   info: dict[str, Any]) -> None:
+def _write_outputs(args: argparse.Namespace, setup: _Setup, results: list[MethodResult], info: dict[str, Any]) -> None:
     rows = [r.as_dict() for r in results]
     report: dict[str, Any] = {"info": info, "results": rows}
     if args.peers:
@@ -288,110 +341,6 @@ def _write_outputs(args: argparse.Namespace, setup: _Setup, results: list[Method
     if setup.plt is not None:
         for path in write_plots(setup.plt, args.plot, info, rows):
             print(f"wrote {path}")
-
-
-# --------------------------------------------------------------------------------------
-# command line
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="symode",
-        description="symode: explicit Runge-Kutta ODE solvers for PyTorch with exact gradients. "
-                    "With no command, runs 'symode bench'.")
-    p.add_argument("--version", action="version", version=f"symode {__version__}")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND")
-    b = sub.add_parser(
-        "bench", help="differentiate a problem by every gradient method and compare memory, time, "
-                      "function evaluations and gradient error",
-        description="Differentiate one training iteration of a problem by every gradient method of symode "
-                    "(backprop through the solver, checkpointing, one checkpoint, the symplectic adjoint and "
-                    "its stored-stages variant, the continuous adjoint) and print one table: peak memory, "
-                    "time per iteration (median, and ratio to backprop in the same run), function "
-                    "evaluations forward and backward, steps, and the gradient's error relative to the "
-                    "exact gradient. The default takes about two minutes on an idle 2-core CPU.")
-    _bench_arguments(b)
-    p.bench_parser = b  # type: ignore[attr-defined]  # for usage errors that name the subcommand
-    return p
-
-
-def _bench_arguments(p: argparse.ArgumentParser) -> None:
-    _problem_arguments(p.add_argument_group("problem"))
-    _solver_arguments(p.add_argument_group("solver and gradients"))
-    _measurement_arguments(p.add_argument_group("measurement"))
-    _output_arguments(p.add_argument_group("output"))
-
-
-def _problem_arguments(prob: argparse._ArgumentGroup) -> None:
-    prob.add_argument("--problem", choices=list(PROBLEMS), default=DEFAULT_PROBLEM,
-                      help="the FFJORD tabular CNF shapes of the paper (power, gas, hepmass, miniboone, bsds300; "
-                           "synthetic data of the data set's dimension) or a plain neural ODE (mlp) "
-                           "(default: %(default)s)")
-    prob.add_argument("--batch", type=int, default=None,
-                      help="batch size (default: the problem's, chosen so that a run with the other defaults "
-                           "takes about two minutes on an idle 2-core CPU: "
-                           + ", ".join(f"{k} {v.batch}" for k, v in PROBLEMS.items()) + ")")
-    prob.add_argument("--width", type=int, default=None, help="override the hidden width")
-    prob.add_argument("--layers", type=int, default=None, help="override the number of hidden layers (CNFs)")
-    prob.add_argument("--blocks", type=int, default=None, help="override the number of stacked blocks (CNFs)")
-    prob.add_argument("--dim", type=int, default=None, help="override the data dimension")
-    prob.add_argument("--init-gain", type=float, default=None,
-                      help="multiply the default-initialised weights by this (default: 1 for the CNFs, "
-                           "FFJORD's initialisation; 3 for mlp)")
-    prob.add_argument("--noise", choices=("gaussian", "rademacher"), default="gaussian",
-                      help="the Hutchinson noise of the CNFs (default: %(default)s, FFJORD's)")
-    prob.add_argument("--t1", type=float, default=1.0, help="each block integrates over [0, t1] (default: 1)")
-
-
-def _solver_arguments(sol: argparse._ArgumentGroup) -> None:
-    sol.add_argument("--method", default="dopri5", choices=sorted(TABLEAUS),
-                     help="the Runge-Kutta method (default: %(default)s)")
-    sol.add_argument("--rtol", type=float, default=1e-5, help="relative tolerance (default: %(default)s)")
-    sol.add_argument("--atol", type=float, default=1e-5, help="absolute tolerance (default: %(default)s)")
-    sol.add_argument("--step-size", type=float, default=None,
-                     help="take fixed steps of this size instead of adaptive ones")
-    sol.add_argument("--gradients", default=None, metavar="LIST",
-                     help="comma-separated gradient methods, each name[:option[=value]]... e.g. "
-                          "'symplectic_adjoint:store_stages', 'symplectic_adjoint:max_checkpoints=4', "
-                          "'adjoint:seminorm'; 'all' for every configuration; backprop is always added as "
-                          "the reference (default: " + ",".join(gradient_label(m) for m in default_gradients())
-                          + ")")
-    sol.add_argument("--reference-dtype", choices=sorted(DTYPES), default=None,
-                     help="compute the reference gradient (backprop on the same accepted steps) in this dtype "
-                          "(default: the run's dtype); float64 measures the float32 methods' round-off")
-
-
-def _measurement_arguments(run_: argparse._ArgumentGroup) -> None:
-    run_.add_argument("--repeats", type=int, default=5,
-                      help="timed iterations per method, after one that computes the gradients and warms up "
-                           "(default: %(default)s)")
-    run_.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="(default: %(default)s)")
-    run_.add_argument("--device", default="cpu",
-                      help="cpu or cuda[:i]; cuda measures the CUDA allocator's peak and synchronises around "
-                           "each timed iteration (default: %(default)s)")
-    run_.add_argument("--threads", type=int, default=None,
-                      help="torch intra-op threads (default: torch's, i.e. OMP_NUM_THREADS or the cores, reduced "
-                           "to the idle CPUs when other processes keep some busy at the start); on a loaded "
-                           "machine 1 thread is far more stable")
-    run_.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
-    run_.add_argument("--peers", action="store_true",
-                      help="also run the peer libraries that symode.bench.peers finds installed")
-
-
-def _output_arguments(out: argparse._ArgumentGroup) -> None:
-    out.add_argument("--json", metavar="PATH", default=None, help="write the results as JSON to PATH")
-    out.add_argument("--csv", metavar="PATH", default=None, help="write the results as CSV to PATH (one row a method)")
-    out.add_argument("--plot", metavar="DIR", default=None,
-                     help="write PNG figures to DIR (needs matplotlib: pip install 'symode[bench]')")
-    out.add_argument("--quiet", action="store_true", help="no progress bar or progress messages")
-
-
-_TOP_LEVEL = {"-h", "--help", "--version"}
-
-
-def _with_command(argv: list[str]) -> tuple[list[str], bool]:
-    """``argv`` with ``bench`` inserted when it names no command; whether it was."""
-    if argv and (argv[0] in _TOP_LEVEL or not argv[0].startswith("-")):
-        return argv, False
-    return ["bench", *argv], True
 
 
 if __name__ == "__main__":

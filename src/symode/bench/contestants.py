@@ -12,7 +12,8 @@ it and :func:`gradient_label` writes it.
 from __future__ import annotations
 
 import inspect
-from typing import Any, Protocol, Sequence, runtime_checkable
+from collections.abc import Sequence
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
@@ -20,8 +21,17 @@ from .. import AdaptiveSteps, FixedSteps, GradientMethod, Stats, SymplecticAdjoi
 from ..gradients import GRADIENT_METHODS, Backprop, get_gradient_method
 from .peers import CountingField
 
-__all__ = ["Contestant", "SymodeGradient", "PeerGradient", "as_contestant", "default_gradients",
-           "parse_gradient", "gradient_label", "gradient_list", "REFERENCE"]
+__all__ = [
+    "Contestant",
+    "SymodeGradient",
+    "PeerGradient",
+    "as_contestant",
+    "default_gradients",
+    "parse_gradient",
+    "gradient_label",
+    "gradient_list",
+    "REFERENCE",
+]
 
 #: the reference of every ratio and gradient error: backprop through symode's solver
 REFERENCE = "backprop"
@@ -41,8 +51,9 @@ class Contestant(Protocol):
     label: str
     peer: bool
 
-    def solve_ode(self, func: Any, y0: Any, t: torch.Tensor, method: str,
-                  steps: FixedSteps | AdaptiveSteps) -> tuple[Any, Stats, torch.Tensor | None]:
+    def solve_ode(
+        self, func: Any, y0: Any, t: torch.Tensor, method: str, steps: FixedSteps | AdaptiveSteps
+    ) -> tuple[Any, Stats, torch.Tensor | None]:
         """Solve ``dy/dt = func(t, y)`` from ``y0`` at the times ``t`` with the Runge-Kutta
         ``method`` and the step rule ``steps``; return ``(ys, stats, grid)``: the states at
         ``t`` (differentiable), the counts (backward counts fill in when ``backward()``
@@ -61,8 +72,9 @@ class SymodeGradient:
     def __repr__(self) -> str:
         return f"SymodeGradient({self.gradient!r})"
 
-    def solve_ode(self, func: Any, y0: Any, t: torch.Tensor, method: str,
-                  steps: FixedSteps | AdaptiveSteps) -> tuple[Any, Stats, torch.Tensor | None]:
+    def solve_ode(
+        self, func: Any, y0: Any, t: torch.Tensor, method: str, steps: FixedSteps | AdaptiveSteps
+    ) -> tuple[Any, Stats, torch.Tensor | None]:
         sol = solve(func, y0, t, method=method, steps=steps, gradient=self.gradient)
         return sol.ys, sol.stats, sol.grid
 
@@ -84,8 +96,9 @@ class PeerGradient:
     def __repr__(self) -> str:
         return f"PeerGradient({self.label!r})"
 
-    def solve_ode(self, func: Any, y0: Any, t: torch.Tensor, method: str,
-                  steps: FixedSteps | AdaptiveSteps) -> tuple[Any, Stats, torch.Tensor | None]:
+    def solve_ode(
+        self, func: Any, y0: Any, t: torch.Tensor, method: str, steps: FixedSteps | AdaptiveSteps
+    ) -> tuple[Any, Stats, torch.Tensor | None]:
         dtype = (y0 if isinstance(y0, torch.Tensor) else y0[0]).dtype
         kwargs: dict[str, Any] = {}
         if isinstance(steps, FixedSteps):
@@ -93,7 +106,9 @@ class PeerGradient:
                 raise ValueError(f"{self.label}: the peers take a step size, not a grid of steps")
             kwargs["step_size"] = steps.step_size
         else:
-            if isinstance(steps.rtol, (torch.Tensor, tuple, list)) or isinstance(steps.atol, (torch.Tensor, tuple, list)):
+            if isinstance(steps.rtol, (torch.Tensor, tuple, list)) or isinstance(
+                steps.atol, (torch.Tensor, tuple, list)
+            ):
                 raise ValueError(f"{self.label}: the peers take scalar tolerances")
             kwargs.update(rtol=steps.rtol, atol=steps.atol)
         stats = Stats()
@@ -161,8 +176,9 @@ def parse_gradient(text: str) -> GradientMethod:
         else:
             parsed = _parse_value(value.strip())
         if key not in accepted:
-            raise ValueError(f"{cls.name} has no option {key!r} (in {text!r}); its options: "
-                             f"{', '.join(accepted) or 'none'}")
+            raise ValueError(
+                f"{cls.name} has no option {key!r} (in {text!r}); its options: {', '.join(accepted) or 'none'}"
+            )
         kwargs[key] = parsed
     try:
         return cls(**kwargs)

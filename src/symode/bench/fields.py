@@ -9,14 +9,13 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
 __all__ = ["ConcatMLP", "CNFBlock", "MLPField", "gaussian_mixture", "ACTIVATIONS"]
 
-ACTIVATIONS = {"tanh": torch.nn.Tanh, "softplus": torch.nn.Softplus, "relu": torch.nn.ReLU,
-                "elu": torch.nn.ELU}
+ACTIVATIONS = {"tanh": torch.nn.Tanh, "softplus": torch.nn.Softplus, "relu": torch.nn.ReLU, "elu": torch.nn.ELU}
 
 
 class ConcatMLP(torch.nn.Module):
@@ -69,8 +68,9 @@ class CNFBlock(torch.nn.Module):
         return dz, -(e_dg * e).sum(-1)
 
 
-def gaussian_mixture(n: int, dim: int, *, components: int = 8, scale: float = 0.5, seed: int = 0,
-                     dtype=torch.float64) -> torch.Tensor:
+def gaussian_mixture(
+    n: int, dim: int, *, components: int = 8, scale: float = 0.5, seed: int = 0, dtype=torch.float64
+) -> torch.Tensor:
     """``n`` samples of a mixture of ``components`` Gaussians in ``dim`` dimensions (means
     ~ N(0, I), standard deviation ``scale``), drawn in float64 from ``seed``."""
     gen = torch.Generator().manual_seed(seed)
@@ -94,9 +94,12 @@ class MLPField(torch.nn.Module):
     def __init__(self, dim: int, width: int, gain: float = 1.0):
         super().__init__()
         self.net = torch.nn.Sequential(
-            torch.nn.Linear(dim, width), torch.nn.Softplus(),
-            torch.nn.Linear(width, width), torch.nn.Softplus(),
-            torch.nn.Linear(width, dim))
+            torch.nn.Linear(dim, width),
+            torch.nn.Softplus(),
+            torch.nn.Linear(width, width),
+            torch.nn.Softplus(),
+            torch.nn.Linear(width, dim),
+        )
         if gain != 1.0:
             with torch.no_grad():
                 for layer in self.net:

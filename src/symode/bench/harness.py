@@ -18,15 +18,16 @@ import math
 import os
 import statistics
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 
 from .. import FixedSteps
+from ._base import BenchProblem, Steps, SummedStats
 from .contestants import Contestant, as_contestant
 from .memory import peak_memory
-from .problems import BenchProblem, Steps, SummedStats
 
 __all__ = ["MethodResult", "iteration", "rel_diffs", "interleave", "run", "busy_cpus", "MiB", "DTYPES"]
 
@@ -76,8 +77,9 @@ class MethodResult:
         return d
 
 
-def iteration(problem: BenchProblem, contestant: Any, method: str,
-              steps: Steps) -> tuple[torch.Tensor, tuple[torch.Tensor, ...], SummedStats]:
+def iteration(
+    problem: BenchProblem, contestant: Any, method: str, steps: Steps
+) -> tuple[torch.Tensor, tuple[torch.Tensor, ...], SummedStats]:
     """One training iteration (forward + backward) of ``problem`` differentiated by
     ``contestant`` (a contestant, a gradient method or its name) with the Runge-Kutta
     ``method``: ``(loss, grads w.r.t. problem.inputs, stats)``."""
@@ -103,10 +105,15 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def interleave(fns: Sequence[Callable[[], Any]], repeats: int, *, device: torch.device | str = "cpu",
-               before_round: Callable[[int], None] | None = None,
-               clock: Callable[[], float] = time.perf_counter,
-               announce: Callable[[int, int], None] | None = None) -> list[list[float]]:
+def interleave(
+    fns: Sequence[Callable[[], Any]],
+    repeats: int,
+    *,
+    device: torch.device | str = "cpu",
+    before_round: Callable[[int], None] | None = None,
+    clock: Callable[[], float] = time.perf_counter,
+    announce: Callable[[int, int], None] | None = None,
+) -> list[list[float]]:
     """Time ``fns`` taking turns (A B C A B C ...) for ``repeats`` rounds: ``times[i][k]`` is
     the duration of ``fns[i]()`` in round ``k`` by ``clock`` (synchronised around each call
     on CUDA). ``before_round(k)`` runs before round ``k`` (untimed); ``announce(k, i)``
@@ -127,9 +134,15 @@ def interleave(fns: Sequence[Callable[[], Any]], repeats: int, *, device: torch.
     return times
 
 
-def _gradients(problem: BenchProblem, contestants: list[Contestant], method: str, steps: Steps,
-               progress: Callable[[str], None], skipped: dict[str, str] | None, repeats: int
-               ) -> tuple[list[tuple[Contestant, MethodResult, tuple[torch.Tensor, ...]]], SummedStats | None]:
+def _gradients(
+    problem: BenchProblem,
+    contestants: list[Contestant],
+    method: str,
+    steps: Steps,
+    progress: Callable[[str], None],
+    skipped: dict[str, str] | None,
+    repeats: int,
+) -> tuple[list[tuple[Contestant, MethodResult, tuple[torch.Tensor, ...]]], SummedStats | None]:
     """Step 1 of :func:`run`: each contestant's first iteration, its counts and gradients;
     a peer that fails there is skipped (``skipped[label]`` says why) when ``skipped`` is a
     dict. Returns the contestants kept, with their results and gradients, and the first's
@@ -157,10 +170,19 @@ def _gradients(problem: BenchProblem, contestants: list[Contestant], method: str
     return kept, ref_stats
 
 
-def run(problem: BenchProblem, contestants: Sequence[Any], method: str, steps: Steps, repeats: int,
-        device: torch.device | str = "cpu", *, reference_dtype: torch.dtype | None = None,
-        progress: Callable[[str], None] | None = None, log: Callable[[str], None] | None = None,
-        skipped: dict[str, str] | None = None) -> list[MethodResult]:
+def run(
+    problem: BenchProblem,
+    contestants: Sequence[Any],
+    method: str,
+    steps: Steps,
+    repeats: int,
+    device: torch.device | str = "cpu",
+    *,
+    reference_dtype: torch.dtype | None = None,
+    progress: Callable[[str], None] | None = None,
+    log: Callable[[str], None] | None = None,
+    skipped: dict[str, str] | None = None,
+) -> list[MethodResult]:
     """Gradients, counts, peak memory and interleaved timings of ``contestants`` on ``problem``
     (see the module docstring), solved with the Runge-Kutta ``method`` and step rule ``steps``.
 
@@ -175,8 +197,9 @@ def run(problem: BenchProblem, contestants: Sequence[Any], method: str, steps: S
     progress = progress or (lambda what: None)
     say = log or (lambda message: None)
     say("computing the gradients (and warming up) ...")
-    kept, ref_stats = _gradients(problem, [as_contestant(c) for c in contestants], method, steps, progress,
-                                 skipped, repeats)
+    kept, ref_stats = _gradients(
+        problem, [as_contestant(c) for c in contestants], method, steps, progress, skipped, repeats
+    )
     ref_grads = kept[0][2]
     if reference_dtype is not None and reference_dtype != problem.inputs[0].dtype and ref_stats is not None:
         progress(f"reference gradient in {str(reference_dtype).replace('torch.', '')}")
@@ -203,8 +226,13 @@ def run(problem: BenchProblem, contestants: Sequence[Any], method: str, steps: S
         progress(f"time: {chosen[i].label} (repeat {k + 1}/{repeats})")
 
     try:
-        times = interleave([lambda c=c: iteration(problem, c, method, steps) for c in chosen], repeats,
-                           device=device, before_round=before_round, announce=announce)
+        times = interleave(
+            [lambda c=c: iteration(problem, c, method, steps) for c in chosen],
+            repeats,
+            device=device,
+            before_round=before_round,
+            announce=announce,
+        )
     finally:
         if seed is not None:
             problem.resample(seed)
@@ -228,11 +256,13 @@ def _ratios(results: list[MethodResult], times: list[list[float]]) -> None:
 
 def busy_cpus(interval: float = 0.3) -> float | None:
     """How many CPUs other processes keep busy now (from /proc/stat over ``interval`` s; Linux), or None."""
+
     def sample() -> tuple[int, int]:
         with open("/proc/stat") as fh:
             values = [int(v) for v in fh.readline().split()[1:]]
         idle = values[3] + (values[4] if len(values) > 4 else 0)
         return sum(values), idle
+
     try:
         total0, idle0 = sample()
         time.sleep(interval)

@@ -68,8 +68,9 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -207,8 +208,7 @@ def _cpu_memory_deltas(prof) -> list[tuple[int, int]]:
         raise _broken(f"could not read the profiler's memory events ({exc!r})") from exc
     if sorted(d for _, _, d in mem) != flat:
         raise _broken(
-            f"the profiler's event tree ({len(mem)} CPU memory events) and its event list "
-            f"({len(flat)}) disagree"
+            f"the profiler's event tree ({len(mem)} CPU memory events) and its event list ({len(flat)}) disagree"
         )
     mem.sort(key=lambda t: t[0])  # stable: ties keep the order of recording
     return [(ptr, d) for _, ptr, d in mem]

@@ -63,8 +63,9 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 
@@ -83,8 +84,13 @@ class CountingField(torch.nn.Module):
     (when that is a module), so the peers that collect ``parameters()`` find its parameters.
     """
 
-    def __init__(self, func: Callable[..., Any], dtype: torch.dtype, device: torch.device | str | None = None,
-                 stats: Stats | None = None):
+    def __init__(
+        self,
+        func: Callable[..., Any],
+        dtype: torch.dtype,
+        device: torch.device | str | None = None,
+        stats: Stats | None = None,
+    ):
         super().__init__()
         self.func = func
         self.dtype, self.device, self.stats = dtype, device, stats
@@ -158,9 +164,19 @@ class Peer:
     def _install_for(self, mod: str) -> str:
         return self.install if mod == self.module else f"pip install {mod}"
 
-    def solve(self, func: Callable[..., Any], y0: Any, t: Any, *, method: str, rtol: float = 1e-7,
-              atol: float = 1e-9, step_size: float | None = None,
-              adjoint_params: Sequence[torch.Tensor] | None = None, count: bool = True) -> Any:
+    def solve(
+        self,
+        func: Callable[..., Any],
+        y0: Any,
+        t: Any,
+        *,
+        method: str,
+        rtol: float = 1e-7,
+        atol: float = 1e-9,
+        step_size: float | None = None,
+        adjoint_params: Sequence[torch.Tensor] | None = None,
+        count: bool = True,
+    ) -> Any:
         """Solve ``dy/dt = func(t, y)`` from ``y0`` at ``t[0]`` with this peer.
 
         Args:
@@ -203,14 +219,17 @@ class Peer:
         plan: Plan | None = None
         if step_size is not None:
             if peer_method in self.adaptive:
-                raise PeerUnsupported(f"{self.name}: {peer_method!r} chooses its own steps in {self.module}; "
-                                      f"fixed steps (step_size) need a fixed method such as 'rk38' or 'rk4'")
+                raise PeerUnsupported(
+                    f"{self.name}: {peer_method!r} chooses its own steps in {self.module}; "
+                    f"fixed steps (step_size) need a fixed method such as 'rk38' or 'rk4'"
+                )
             steps = FixedSteps(step_size=step_size)
             plan = Plan(steps, t_out)
             if self.fixed_only_h and not plan.uniform:
                 raise PeerUnsupported(
                     f"{self.name}: {self.module} steps by exactly step_size={step_size!r}, which must divide "
-                    f"every interval between output times {t_out} to give symode's grid")
+                    f"every interval between output times {t_out} to give symode's grid"
+                )
         elif not tableau.adaptive:
             raise ValueError(f"method {name!r} takes fixed steps: give step_size")
         reason = self.available()
@@ -224,9 +243,24 @@ class Peer:
         counted = CountingField(func, y0_tensors[0].dtype, y0_tensors[0].device, stats=stats)
         self._last = stats
         try:
-            ys = self.runner(Job(name=self.name, gradient=self.gradient, module=self.module, func=counted, y0=y0,
-                                 t=t, t_out=t_out, method=peer_method, rtol=float(rtol), atol=float(atol),
-                                 step_size=step_size, plan=plan, params=params, adjoint_params=adjoint_params))
+            ys = self.runner(
+                Job(
+                    name=self.name,
+                    gradient=self.gradient,
+                    module=self.module,
+                    func=counted,
+                    y0=y0,
+                    t=t,
+                    t_out=t_out,
+                    method=peer_method,
+                    rtol=float(rtol),
+                    atol=float(atol),
+                    step_size=step_size,
+                    plan=plan,
+                    params=params,
+                    adjoint_params=adjoint_params,
+                )
+            )
         finally:
             counted.in_solve = False
         return ys
@@ -269,31 +303,70 @@ def _registry() -> dict[str, Peer]:
         peers.append(Peer(**kwargs))
 
     for way, gradient, exact in (("odeint", "backprop", True), ("odeint_adjoint", "adjoint", False)):
-        add(name=f"torchdiffeq:{way}", module="torchdiffeq", install="pip install torchdiffeq==0.2.5",
-            gradient=gradient, exact=exact, methods=libs.TORCHDIFFEQ_METHODS, runner=libs.run_torchdiffeq,
-            unsupported=libs.TORCHDIFFEQ_UNSUPPORTED, adaptive=libs.TORCHDIFFEQ_ADAPTIVE)
+        add(
+            name=f"torchdiffeq:{way}",
+            module="torchdiffeq",
+            install="pip install torchdiffeq==0.2.5",
+            gradient=gradient,
+            exact=exact,
+            methods=libs.TORCHDIFFEQ_METHODS,
+            runner=libs.run_torchdiffeq,
+            unsupported=libs.TORCHDIFFEQ_UNSUPPORTED,
+            adaptive=libs.TORCHDIFFEQ_ADAPTIVE,
+        )
     for way, gradient, runner, methods, unsupported in (
-            ("odesolve", "backprop", libs.run_tdep_odesolve, libs.TDEP_METHODS, libs.TDEP_UNSUPPORTED),
-            ("aca", "checkpoint", libs.run_tdep_aca, libs.TDEP_ACA_METHODS, libs.TDEP_ACA_UNSUPPORTED)):
-        add(name=f"torchdiffeqpack:{way}", module="TorchDiffEqPack",
-            install="pip install TorchDiffEqPack==1.0.1 matplotlib", gradient=gradient, exact=True,
-            methods=methods, runner=runner, unsupported=unsupported, adaptive=libs.TDEP_ADAPTIVE,
-            fixed_only_h=True, needs=("matplotlib",))
+        ("odesolve", "backprop", libs.run_tdep_odesolve, libs.TDEP_METHODS, libs.TDEP_UNSUPPORTED),
+        ("aca", "checkpoint", libs.run_tdep_aca, libs.TDEP_ACA_METHODS, libs.TDEP_ACA_UNSUPPORTED),
+    ):
+        add(
+            name=f"torchdiffeqpack:{way}",
+            module="TorchDiffEqPack",
+            install="pip install TorchDiffEqPack==1.0.1 matplotlib",
+            gradient=gradient,
+            exact=True,
+            methods=methods,
+            runner=runner,
+            unsupported=unsupported,
+            adaptive=libs.TDEP_ADAPTIVE,
+            fixed_only_h=True,
+            needs=("matplotlib",),
+        )
     for way, gradient, exact in (("backprop", "backprop", True), ("backsolve", "adjoint", False)):
-        add(name=f"torchode:{way}", module="torchode", install="pip install torchode==1.0.1",
-            gradient=gradient, exact=exact, methods=libs.TORCHODE_METHODS, runner=libs.run_torchode,
-            adaptive=libs.TORCHODE_ADAPTIVE, fixed_only_h=True)
-    for way, gradient, exact in (("odeint", "backprop", True), ("odeint_adjoint", "adjoint", False),
-                                 ("checkpoint", "checkpoint", True), ("onecheckpoint", "one_checkpoint", True),
-                                 ("symplectic_adjoint", "symplectic_adjoint", True)):
+        add(
+            name=f"torchode:{way}",
+            module="torchode",
+            install="pip install torchode==1.0.1",
+            gradient=gradient,
+            exact=exact,
+            methods=libs.TORCHODE_METHODS,
+            runner=libs.run_torchode,
+            adaptive=libs.TORCHODE_ADAPTIVE,
+            fixed_only_h=True,
+        )
+    for way, gradient, exact in (
+        ("odeint", "backprop", True),
+        ("odeint_adjoint", "adjoint", False),
+        ("checkpoint", "checkpoint", True),
+        ("onecheckpoint", "one_checkpoint", True),
+        ("symplectic_adjoint", "symplectic_adjoint", True),
+    ):
         methods, unsupported = dict(libs.AUTHORS_METHODS), dict(libs.AUTHORS_UNSUPPORTED)
         if gradient == "symplectic_adjoint":
             del methods["euler"]
-            unsupported["euler"] = ("the authors' symplectic adjoint crashes with 'euler' (its empty stage "
-                                    "loop leaves a variable unbound)")
-        add(name=f"authors:{way}", module="torch_symplectic_adjoint", install=libs.AUTHORS_INSTALL,
-            gradient=gradient, exact=exact, methods=methods, runner=libs.run_authors, unsupported=unsupported,
-            adaptive=libs.AUTHORS_ADAPTIVE)
+            unsupported["euler"] = (
+                "the authors' symplectic adjoint crashes with 'euler' (its empty stage loop leaves a variable unbound)"
+            )
+        add(
+            name=f"authors:{way}",
+            module="torch_symplectic_adjoint",
+            install=libs.AUTHORS_INSTALL,
+            gradient=gradient,
+            exact=exact,
+            methods=methods,
+            runner=libs.run_authors,
+            unsupported=unsupported,
+            adaptive=libs.AUTHORS_ADAPTIVE,
+        )
     return {p.name: p for p in peers}
 
 

@@ -42,88 +42,26 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass, replace
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
-from .. import AdaptiveSteps, FixedSteps, Stats
+from ._base import BenchProblem, Steps, SummedStats, steps_for_block
 from .contestants import as_contestant
 from .fields import CNFBlock, MLPField, gaussian_mixture
 
-__all__ = ["BenchProblem", "CNFProblem", "MLPProblem", "CNFSpec", "MLPSpec", "SummedStats", "PROBLEMS",
-           "get_problem", "Steps"]
-
-#: one step rule for every block, or a sequence of them, one per block
-Steps = FixedSteps | AdaptiveSteps | Sequence[FixedSteps | AdaptiveSteps] | None
-
-# --------------------------------------------------------------------------------------
-class SummedStats:
-    """The counts of several solves (one per block), summed when read.
-
-    Reads are lazy so that the backward counts, which the solves' ``Stats`` fill in when
-    ``backward()`` runs, are included once it has run. ``grids``: each solve's accepted step
-    endpoints (float64)."""
-
-    FIELDS = ("num_accepted", "num_rejected", "nfe_forward", "nfe_backward", "nfe_backward_vjp")
-
-    def __init__(self, parts: Sequence[Stats] = (), grids: Sequence[torch.Tensor] = ()):
-        self.parts = list(parts)
-        self.grids = list(grids)
-
-    def __getattr__(self, name):
-        if name in SummedStats.FIELDS:
-            return sum(getattr(p, name) for p in self.parts)
-        raise AttributeError(name)
-
-    @property
-    def num_steps(self) -> int:
-        return self.num_accepted + self.num_rejected
-
-    def as_dict(self) -> dict:
-        return {k: getattr(self, k) for k in SummedStats.FIELDS}
-
-    def __repr__(self) -> str:
-        return f"SummedStats({', '.join(f'{k}={v}' for k, v in self.as_dict().items())}, blocks={len(self.parts)})"
-
-
-def _steps_for_block(steps: Steps, k: int) -> FixedSteps | AdaptiveSteps:
-    """``steps`` may be one step rule for every block or a sequence of them, one per block."""
-    if isinstance(steps, (list, tuple)):
-        return steps[k]
-    if steps is None:
-        return AdaptiveSteps()
-    return steps  # type: ignore[return-value]
-
-
-class BenchProblem:
-    """The interface of a benchmark problem (see the module docstring)."""
-
-    name: str = ""
-    description: dict
-    modules: torch.nn.Module
-    #: the seed of the random draws of the current iteration (None: the problem draws nothing)
-    noise_seed: int | None = None
-
-    @property
-    def inputs(self) -> tuple[torch.Tensor, ...]:
-        """The tensors whose gradients are compared."""
-        return tuple(p for p in self.modules.parameters() if p.requires_grad)
-
-    @property
-    def num_blocks(self) -> int:
-        return 1
-
-    def loss(self, gradient: Any = "backprop", method: str = "dopri5",
-             steps: Steps = None) -> tuple[torch.Tensor, SummedStats]:
-        """One forward solve per block, differentiated by ``gradient`` (a gradient method,
-        its name, or a contestant): ``(loss, stats)``."""
-        raise NotImplementedError
-
-    def resample(self, seed: int) -> None:
-        """Draw what a new training iteration draws (nothing by default)."""
-
-    def converted(self, dtype: torch.dtype) -> "BenchProblem":
-        raise NotImplementedError
+__all__ = [
+    "DEFAULT_PROBLEM",
+    "BenchProblem",
+    "CNFProblem",
+    "MLPProblem",
+    "CNFSpec",
+    "MLPSpec",
+    "SummedStats",
+    "PROBLEMS",
+    "get_problem",
+    "Steps",
+]
 
 
 # --------------------------------------------------------------------------------------
@@ -131,8 +69,9 @@ class BenchProblem:
 class CNFProblem(BenchProblem):
     """``M`` stacked CNF blocks (see the module docstring)."""
 
-    def __init__(self, name: str, blocks: torch.nn.ModuleList, data: torch.Tensor, t1: float,
-                 description: dict, noise_seed: int):
+    def __init__(
+        self, name: str, blocks: torch.nn.ModuleList, data: torch.Tensor, t1: float, description: dict, noise_seed: int
+    ):
         self.name = name
         self.modules = blocks
         self.data = data
@@ -157,27 +96,30 @@ class CNFProblem(BenchProblem):
         log_normal = -0.5 * z.pow(2).sum(-1) - 0.5 * z.shape[-1] * math.log(2 * math.pi)
         return log_normal - logp
 
-    def flow(self, gradient: Any = "backprop", method: str = "dopri5",
-             steps: Steps = None) -> tuple[torch.Tensor, torch.Tensor, SummedStats]:
+    def flow(
+        self, gradient: Any = "backprop", method: str = "dopri5", steps: Steps = None
+    ) -> tuple[torch.Tensor, torch.Tensor, SummedStats]:
         """``(z_M, logp_M, stats)``: the data pushed through every block."""
         contestant = as_contestant(gradient)
         z = self.data
         logp = self.data.new_zeros(self.data.shape[:-1])
         parts, grids = [], []
         for k, block in enumerate(self.modules):
-            (zs, logps), block_stats, grid = contestant.solve_ode(block, (z, logp), self.t, method,
-                                                                  _steps_for_block(steps, k))
+            (zs, logps), block_stats, grid = contestant.solve_ode(
+                block, (z, logp), self.t, method, steps_for_block(steps, k)
+            )
             z, logp = zs[-1], logps[-1]
             parts.append(block_stats)
             grids.append(grid)
         return z, logp, SummedStats(parts, grids)
 
-    def loss(self, gradient: Any = "backprop", method: str = "dopri5",
-             steps: Steps = None) -> tuple[torch.Tensor, SummedStats]:
+    def loss(
+        self, gradient: Any = "backprop", method: str = "dopri5", steps: Steps = None
+    ) -> tuple[torch.Tensor, SummedStats]:
         z, logp, stats = self.flow(gradient, method, steps)
         return -self.log_likelihood(z, logp).mean(), stats
 
-    def converted(self, dtype: torch.dtype) -> "CNFProblem":
+    def converted(self, dtype: torch.dtype) -> CNFProblem:
         other = copy.copy(self)
         other.modules = copy.deepcopy(self.modules).to(dtype)
         other.data = self.data.to(dtype)
@@ -201,27 +143,47 @@ class CNFSpec:
 
     @property
     def summary(self) -> str:
-        return (f"CNF, {self.name.upper()} shape: d={self.dim}, {self.blocks} block(s) of "
-                f"{self.layers}x{self.width} {self.activation}")
+        return (
+            f"CNF, {self.name.upper()} shape: d={self.dim}, {self.blocks} block(s) of "
+            f"{self.layers}x{self.width} {self.activation}"
+        )
 
-    def build(self, *, batch: int | None = None, width: int | None = None, layers: int | None = None,
-              blocks: int | None = None, dim: int | None = None, dtype: torch.dtype = torch.float32,
-              device="cpu", seed: int = 0, noise: str = "gaussian", t1: float = 1.0,
-              init_gain: float | None = None) -> CNFProblem:
+    def build(
+        self,
+        *,
+        batch: int | None = None,
+        width: int | None = None,
+        layers: int | None = None,
+        blocks: int | None = None,
+        dim: int | None = None,
+        dtype: torch.dtype = torch.float32,
+        device="cpu",
+        seed: int = 0,
+        noise: str = "gaussian",
+        t1: float = 1.0,
+        init_gain: float | None = None,
+    ) -> CNFProblem:
         """The problem, with optional size overrides (for tests and scaling runs).
 
         The weights are PyTorch's default initialisation (FFJORD's) from ``seed``, times
         ``init_gain`` (default 1); the data are ``batch`` samples of a Gaussian mixture from ``seed + 1``;
         the noise is drawn from ``seed + 2`` until :meth:`CNFProblem.resample`."""
-        s = replace(self, **{k: v for k, v in dict(batch=batch, width=width, layers=layers, blocks=blocks,
-                                                    dim=dim).items() if v is not None})
+        s = replace(
+            self,
+            **{
+                k: v
+                for k, v in dict(batch=batch, width=width, layers=layers, blocks=blocks, dim=dim).items()
+                if v is not None
+            },
+        )
         for key in ("batch", "width", "layers", "blocks", "dim"):
             if getattr(s, key) < (0 if key == "layers" else 1):
                 raise ValueError(f"{key} must be at least {0 if key == 'layers' else 1}, got {getattr(s, key)}")
         with torch.random.fork_rng(devices=[]):  # seed the initialisation, leave the global RNG alone
             torch.manual_seed(seed)
-            blocks_ = torch.nn.ModuleList(CNFBlock(s.dim, [s.width] * s.layers, s.activation, s.batch, noise)
-                                          for _ in range(s.blocks))
+            blocks_ = torch.nn.ModuleList(
+                CNFBlock(s.dim, [s.width] * s.layers, s.activation, s.batch, noise) for _ in range(s.blocks)
+            )
         init_gain = 1.0 if init_gain is None else init_gain
         if init_gain != 1.0:
             with torch.no_grad():
@@ -235,16 +197,16 @@ class CNFSpec:
         description = {
             "summary": s.summary,
             "vector_field": f"{s.blocks} block(s), each a CNF on (z, log p): dz/dt = MLP {hidden} with t "
-                            f"concatenated to every layer's input, {s.activation}; d(log p)/dt = -e^T (dg/dz) e "
-                            f"(Hutchinson, {noise} noise drawn once per iteration, autograd inside f)",
+            f"concatenated to every layer's input, {s.activation}; d(log p)/dt = -e^T (dg/dz) e "
+            f"(Hutchinson, {noise} noise drawn once per iteration, autograd inside f)",
             "parameters": n_params,
             "blocks": s.blocks,
             "y0_shape": [s.batch, s.dim],
             "t": [0.0, t1],
             "loss": "mean(-log N(z_M; 0, I) + log p_M): negative log-likelihood, blocks chained",
             "data": f"synthetic: {s.batch} samples of an 8-component Gaussian mixture in {s.dim} dimensions "
-                    f"(seed {seed + 1}); {s.data_note or 'the MAF data set'} cannot be downloaded here, and "
-                    f"memory and time depend on shapes and step counts, not on the data",
+            f"(seed {seed + 1}); {s.data_note or 'the MAF data set'} cannot be downloaded here, and "
+            f"memory and time depend on shapes and step counts, not on the data",
             "init": f"PyTorch default (seed {seed})" + (f", weights x {init_gain:g}" if init_gain != 1.0 else ""),
         }
         return CNFProblem(s.name, blocks_, data, t1, description, noise_seed=seed + 2)
@@ -267,13 +229,15 @@ class MLPProblem(BenchProblem):
     def inputs(self) -> tuple[torch.Tensor, ...]:
         return (self.y0, *super().inputs)
 
-    def loss(self, gradient: Any = "backprop", method: str = "dopri5",
-             steps: Steps = None) -> tuple[torch.Tensor, SummedStats]:
-        ys, stats, grid = as_contestant(gradient).solve_ode(self.modules, self.y0, self.t, method,
-                                                            _steps_for_block(steps, 0))
+    def loss(
+        self, gradient: Any = "backprop", method: str = "dopri5", steps: Steps = None
+    ) -> tuple[torch.Tensor, SummedStats]:
+        ys, stats, grid = as_contestant(gradient).solve_ode(
+            self.modules, self.y0, self.t, method, steps_for_block(steps, 0)
+        )
         return ys[-1].pow(2).mean(), SummedStats([stats], [grid])
 
-    def converted(self, dtype: torch.dtype) -> "MLPProblem":
+    def converted(self, dtype: torch.dtype) -> MLPProblem:
         other = copy.copy(self)
         other.modules = copy.deepcopy(self.modules).to(dtype)
         other.y0 = self.y0.detach().to(dtype).requires_grad_(True)
@@ -297,10 +261,21 @@ class MLPSpec:
     def summary(self) -> str:
         return f"neural ODE, MLP {self.dim} -> {self.width} -> {self.width} -> {self.dim} softplus"
 
-    def build(self, *, batch: int | None = None, width: int | None = None, layers: int | None = None,
-              blocks: int | None = None, dim: int | None = None, dtype: torch.dtype = torch.float32,
-              device="cpu", seed: int = 0, noise: str = "gaussian", t1: float = 1.0,
-              init_gain: float | None = None) -> MLPProblem:
+    def build(
+        self,
+        *,
+        batch: int | None = None,
+        width: int | None = None,
+        layers: int | None = None,
+        blocks: int | None = None,
+        dim: int | None = None,
+        dtype: torch.dtype = torch.float32,
+        device="cpu",
+        seed: int = 0,
+        noise: str = "gaussian",
+        t1: float = 1.0,
+        init_gain: float | None = None,
+    ) -> MLPProblem:
         """The problem with optional size overrides (``layers`` must be 2 or None, ``blocks``
         1 or None; ``noise`` is ignored)."""
         if layers not in (None, 2):
@@ -323,14 +298,14 @@ class MLPSpec:
         description = {
             "summary": f"neural ODE, MLP {dim} -> {width} -> {width} -> {dim} softplus",
             "vector_field": f"MLP {dim} -> {width} -> {width} -> {dim}, softplus, autonomous, "
-                            f"weights {gain:g} x PyTorch's default init (seed {seed})",
+            f"weights {gain:g} x PyTorch's default init (seed {seed})",
             "parameters": n_params,
             "blocks": 1,
             "y0_shape": [batch, dim],
             "t": [0.0, t1],
             "loss": "mean(y(t1)**2); gradients w.r.t. y0 and the parameters",
-            "data": f"y0 ~ N(0, 1), seed {seed}" + (" (random data of MINIBOONE's dimension, not the data set)"
-                                                    if dim == 43 else ""),
+            "data": f"y0 ~ N(0, 1), seed {seed}"
+            + (" (random data of MINIBOONE's dimension, not the data set)" if dim == 43 else ""),
         }
         return MLPProblem(func, y0, t1, description)
 
@@ -343,17 +318,21 @@ class MLPSpec:
 #: default problem), estimated from one-iteration timings for the others (FFJORD trained
 #: with batches of 1000 or more, which take correspondingly longer here).
 PROBLEMS: dict[str, CNFSpec | MLPSpec] = {
-    "power": CNFSpec("power", dim=6, blocks=5, layers=3, width=60, activation="tanh", batch=1000,
-                     data_note="POWER"),
+    "power": CNFSpec("power", dim=6, blocks=5, layers=3, width=60, activation="tanh", batch=1000, data_note="POWER"),
     "gas": CNFSpec("gas", dim=8, blocks=5, layers=3, width=160, activation="tanh", batch=768, data_note="GAS"),
-    "hepmass": CNFSpec("hepmass", dim=21, blocks=10, layers=2, width=210, activation="softplus", batch=512,
-                       data_note="HEPMASS"),
-    "miniboone": CNFSpec("miniboone", dim=43, blocks=1, layers=2, width=860, activation="softplus", batch=512,
-                         data_note="MINIBOONE"),
-    "bsds300": CNFSpec("bsds300", dim=63, blocks=2, layers=3, width=1260, activation="tanh", batch=32,
-                       data_note="BSDS300"),
+    "hepmass": CNFSpec(
+        "hepmass", dim=21, blocks=10, layers=2, width=210, activation="softplus", batch=512, data_note="HEPMASS"
+    ),
+    "miniboone": CNFSpec(
+        "miniboone", dim=43, blocks=1, layers=2, width=860, activation="softplus", batch=512, data_note="MINIBOONE"
+    ),
+    "bsds300": CNFSpec(
+        "bsds300", dim=63, blocks=2, layers=3, width=1260, activation="tanh", batch=32, data_note="BSDS300"
+    ),
     "mlp": MLPSpec(batch=256),
 }
+#: the problem ``symode bench`` (and ``benchmarks/accuracy.py``) runs by default
+DEFAULT_PROBLEM = "miniboone"
 
 
 def get_problem(name: str, **overrides) -> BenchProblem:

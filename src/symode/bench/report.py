@@ -12,7 +12,8 @@ import platform
 import subprocess
 import sys
 import time
-from typing import Any, Sequence, TextIO
+from collections.abc import Sequence
+from typing import Any, TextIO
 
 import torch
 
@@ -20,8 +21,21 @@ from .. import __version__
 from .contestants import REFERENCE
 from .harness import MethodResult
 
-__all__ = ["Progress", "machine", "source_state", "json_safe", "write_json", "table", "write_csv", "CSV_FIELDS",
-           "import_pyplot", "write_plots", "save_figure", "fmt_mib"]
+__all__ = [
+    "Progress",
+    "machine",
+    "source_state",
+    "recorded",
+    "json_safe",
+    "write_json",
+    "table",
+    "write_csv",
+    "CSV_FIELDS",
+    "import_pyplot",
+    "write_plots",
+    "save_figure",
+    "fmt_mib",
+]
 
 
 def machine() -> dict[str, Any]:
@@ -36,9 +50,14 @@ def machine() -> dict[str, Any]:
                     break
     except OSError:
         pass
-    info: dict[str, Any] = {"nproc": os.cpu_count(), "cpu": cpu, "torch": torch.__version__,
-                            "python": platform.python_version(), "platform": platform.platform(),
-                            "symode": __version__}
+    info: dict[str, Any] = {
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "symode": __version__,
+    }
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
     return info
@@ -49,21 +68,38 @@ def source_state(path: str | None = None) -> str:
     ``+dirty`` when it has uncommitted changes; ``"unknown"`` outside a git checkout."""
     where = os.path.dirname(os.path.abspath(path or __file__))
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=where, capture_output=True,
-                                text=True, check=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=where,
-                               capture_output=True, text=True, check=True, timeout=10).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=where, capture_output=True, text=True, check=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=where,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return commit + ("+dirty" if dirty else "")
+
+
+def recorded() -> dict[str, Any]:
+    """When, from which code and on which machine a record is made: the date (UTC, ISO
+    8601), the commit (:func:`source_state`) and the machine (:func:`machine`), as
+    :func:`write_json` adds them under ``"recorded"``."""
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "commit": source_state(),
+        "machine": machine(),
+    }
 
 
 def write_json(path: str, report: dict[str, Any]) -> None:
     """``report`` as strict JSON (non-finite floats as null), with ``recorded``: the date,
     the commit and the machine, added unless present."""
     report = dict(report)
-    report.setdefault("recorded", {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                                   "commit": source_state(), "machine": machine()})
+    report.setdefault("recorded", recorded())
     with open(path, "w") as fh:
         json.dump(json_safe(report), fh, indent=2, default=str)
         fh.write("\n")
@@ -94,10 +130,20 @@ def table(results: Sequence[MethodResult], reference_is_backprop: bool = True) -
     header = ("method", "peak MiB", "x bp", "time s", "x bp", "NFE fwd", "NFE bwd", "steps acc/rej", "grad rel err")
     rows = [header]
     for r in results:
-        err = ("(reference)" if r.method == REFERENCE and reference_is_backprop else _fmt(r.grad_rel_diff, ".2e"))
-        rows.append((r.method, fmt_mib(r.peak_memory_mib), _fmt(r.memory_ratio, ".3f"), _fmt(r.median_time_s, ".3f"),
-                     _fmt(r.time_ratio, ".2f"), str(r.nfe_forward), str(r.nfe_backward),
-                     "-" if r.peer else f"{r.num_accepted}/{r.num_rejected}", err))
+        err = "(reference)" if r.method == REFERENCE and reference_is_backprop else _fmt(r.grad_rel_diff, ".2e")
+        rows.append(
+            (
+                r.method,
+                fmt_mib(r.peak_memory_mib),
+                _fmt(r.memory_ratio, ".3f"),
+                _fmt(r.median_time_s, ".3f"),
+                _fmt(r.time_ratio, ".2f"),
+                str(r.nfe_forward),
+                str(r.nfe_backward),
+                "-" if r.peer else f"{r.num_accepted}/{r.num_rejected}",
+                err,
+            )
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = []
     for k, row in enumerate(rows):
@@ -107,10 +153,29 @@ def table(results: Sequence[MethodResult], reference_is_backprop: bool = True) -
     return "\n".join(lines)
 
 
-CSV_FIELDS = ("problem", "solver", "dtype", "device", "batch", "method", "peak_memory_bytes", "peak_memory_mib",
-               "memory_ratio", "median_time_s", "time_ratio", "time_ratio_paired", "nfe_forward", "nfe_backward",
-               "nfe_backward_vjp", "num_accepted", "num_rejected", "grad_rel_diff", "grad_rel_diff_concat",
-               "loss", "times_s")
+CSV_FIELDS = (
+    "problem",
+    "solver",
+    "dtype",
+    "device",
+    "batch",
+    "method",
+    "peak_memory_bytes",
+    "peak_memory_mib",
+    "memory_ratio",
+    "median_time_s",
+    "time_ratio",
+    "time_ratio_paired",
+    "nfe_forward",
+    "nfe_backward",
+    "nfe_backward_vjp",
+    "num_accepted",
+    "num_rejected",
+    "grad_rel_diff",
+    "grad_rel_diff_concat",
+    "loss",
+    "times_s",
+)
 
 
 def write_csv(path: str, info: dict[str, Any], rows: Sequence[dict[str, Any]]) -> None:
@@ -121,9 +186,16 @@ def write_csv(path: str, info: dict[str, Any], rows: Sequence[dict[str, Any]]) -
         for row in rows:
             row = dict(row)
             row["times_s"] = ";".join(f"{t:.6g}" for t in row.get("times_s", []))
-            writer.writerow({"problem": info["problem"], "solver": info["solver"], "dtype": info["dtype"],
-                             "device": info["device"], "batch": info["y0_shape"][0],
-                             **{k: ("" if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}})
+            writer.writerow(
+                {
+                    "problem": info["problem"],
+                    "solver": info["solver"],
+                    "dtype": info["dtype"],
+                    "device": info["device"],
+                    "batch": info["y0_shape"][0],
+                    **{k: ("" if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()},
+                }
+            )
 
 
 def import_pyplot() -> Any:
@@ -134,6 +206,7 @@ def import_pyplot() -> Any:
         return None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     return plt
 
 
@@ -147,9 +220,11 @@ def write_plots(plt: Any, directory: str, info: dict[str, Any], rows: Sequence[d
     paths = []
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 0.5 * len(rows) + 2.2), sharey=True)
-    panels = ((axes[0], [r["peak_memory_mib"] for r in rows], "peak memory (MiB)", "memory_ratio", False),
-              (axes[1], [r["median_time_s"] for r in rows], "time per iteration (s, median)", "time_ratio", False),
-              (axes[2], [r["grad_rel_diff"] for r in rows], "gradient rel. error", None, True))
+    panels = (
+        (axes[0], [r["peak_memory_mib"] for r in rows], "peak memory (MiB)", "memory_ratio", False),
+        (axes[1], [r["median_time_s"] for r in rows], "time per iteration (s, median)", "time_ratio", False),
+        (axes[2], [r["grad_rel_diff"] for r in rows], "gradient rel. error", None, True),
+    )
     for ax, values, xlabel, ratio_key, log in panels:
         vals = [v if v is not None and isinstance(v, (int, float)) and math.isfinite(v) else 0.0 for v in values]
         base = 0.0
@@ -159,7 +234,7 @@ def write_plots(plt: Any, directory: str, info: dict[str, Any], rows: Sequence[d
             ax.set_xscale("log")
         ax.barh(ypos, [v - base if v > base else 0.0 for v in vals], left=base, color="tab:blue")
         for y, v, r in zip(ypos, vals, rows):
-            text = (f"{v:.3g}" if ratio_key is None or not r[ratio_key] else f"{v:.3g} ({r[ratio_key]:.2f}x)")
+            text = f"{v:.3g}" if ratio_key is None or not r[ratio_key] else f"{v:.3g} ({r[ratio_key]:.2f}x)"
             ax.text(max(v, base), y, " " + text, va="center", fontsize=8)
         ax.set_xlabel(xlabel)
         ax.margins(x=0.3)
@@ -172,12 +247,18 @@ def write_plots(plt: Any, directory: str, info: dict[str, Any], rows: Sequence[d
     for r in rows:
         if r["median_time_s"] and r["peak_memory_mib"]:
             ax.scatter(r["median_time_s"], r["peak_memory_mib"])
-            ax.annotate(r["method"], (r["median_time_s"], r["peak_memory_mib"]), fontsize=8,
-                        xytext=(4, 4), textcoords="offset points")
+            ax.annotate(
+                r["method"],
+                (r["median_time_s"], r["peak_memory_mib"]),
+                fontsize=8,
+                xytext=(4, 4),
+                textcoords="offset points",
+            )
     ax.set_xlabel("time per iteration (s, median)")
     ax.set_ylabel("peak memory (MiB)")
     ax.set_yscale("log")
     from matplotlib import ticker
+
     ax.yaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
     ax.yaxis.set_minor_formatter(ticker.FormatStrFormatter("%g"))
     ax.set_title(title, fontsize=8)
@@ -210,8 +291,10 @@ class Progress:
             return
         filled = int(self.width * (self.done - 1) / self.total)
         elapsed = int(time.perf_counter() - self.start)
-        line = (f"[{'#' * filled}{'.' * (self.width - filled)}] {self.done}/{self.total} {what}  "
-                f"{elapsed // 60}:{elapsed % 60:02d}")
+        line = (
+            f"[{'#' * filled}{'.' * (self.width - filled)}] {self.done}/{self.total} {what}  "
+            f"{elapsed // 60}:{elapsed % 60:02d}"
+        )
         self.stream.write("\r\x1b[K" + line)
         self.stream.flush()
 
