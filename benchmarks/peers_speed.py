@@ -38,24 +38,6 @@ import symode
 from symode.bench import MLPField, interleave, machine, peak_memory
 
 
-class MLP(torch.nn.Module):
-    """``dy/dt = net(y)``, ``net`` the MLP ``sizes[0] -> ... -> sizes[-1]`` with ``act`` between
-    the layers: the overhead case's 2 -> 16 -> 2 tanh, one hidden layer (``symode.bench.MLPField``
-    has two, with softplus)."""
-
-    def __init__(self, sizes, act):
-        super().__init__()
-        layers = []
-        for i, (a, b) in enumerate(zip(sizes, sizes[1:])):
-            layers.append(torch.nn.Linear(a, b))
-            if i < len(sizes) - 2:
-                layers.append(act())
-        self.net = torch.nn.Sequential(*layers)
-
-    def forward(self, t, y):
-        return self.net(y)
-
-
 def _optional(module: str):
     try:
         return importlib.import_module(module)
@@ -69,7 +51,7 @@ def _cases(name: str):
     torch.manual_seed(0)
     t = torch.tensor([0.0, 1.0])
     if name == "overhead":
-        func, y0, steps = MLP([2, 16, 2], torch.nn.Tanh), torch.randn(16, 2, requires_grad=True), 200
+        func, y0, steps = MLPField(2, 16, depth=1, activation="tanh"), torch.randn(16, 2, requires_grad=True), 200
         desc = "MLP 2-16-2 tanh, batch 16, 200 steps of the 3/8 rule, backprop"
         runs = {
             "symode odeint (backprop)": lambda: symode.odeint(

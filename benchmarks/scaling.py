@@ -82,6 +82,7 @@ import symode
 from symode.bench import (
     DTYPES,
     MiB,
+    MLPField,
     add_run_arguments,
     import_pyplot,
     measure_iteration,
@@ -119,29 +120,12 @@ QUICK = {
 }
 
 
-class DeepMLP(torch.nn.Module):
-    """``dy/dt = net(y)``: ``dim -> width -> ... -> width -> dim`` with ``depth`` hidden layers
-    (``depth - 1`` square ones), softplus after each; ``depth = 2`` is ``symode.bench.MLPField``
-    (the same layers, drawn in the same order), which has no depth parameter."""
-
-    def __init__(self, dim: int, width: int, depth: int):
-        super().__init__()
-        layers = [torch.nn.Linear(dim, width), torch.nn.Softplus()]
-        for _ in range(depth - 1):
-            layers += [torch.nn.Linear(width, width), torch.nn.Softplus()]
-        layers.append(torch.nn.Linear(width, dim))
-        self.net = torch.nn.Sequential(*layers)
-
-    def forward(self, t, y):
-        return self.net(y)
-
-
 # --------------------------------------------------------------------------------------
 def forward_evaluations(method: str, n_steps: int) -> tuple[int, bool]:
     """Evaluations of ``f`` in a forward solve with ``n_steps`` fixed steps (no graph, tiny
     problem), and whether they are the ``s N (+ 1 if FSAL)`` that ``s = len(solution_stages)``
     network uses per step implies."""
-    func = DeepMLP(2, 4, 1)
+    func = MLPField(2, 4, depth=1)
     with torch.no_grad():
         sol = symode.solve(
             func,
@@ -257,7 +241,7 @@ def theory(sweep: str, gradient: str, z: dict) -> tuple[float, str, float, str]:
 
 # --------------------------------------------------------------------------------------
 def run(args) -> dict:
-    # y0, t and the device of memory.py's case (its MLP is replaced by DeepMLP)
+    # y0, t and the device of memory.py's case (its MLP replaced by one of depth d)
     case = memory_case(args.width, args.batch, args.dtype, args.method, device=args.device, seed=args.seed)
     y0, t, device, state = case.y0, case.t, case.device, case.state_bytes
     dtype = DTYPES[args.dtype]
@@ -267,7 +251,7 @@ def run(args) -> dict:
     funcs, sizes = {}, {}
     for d in sorted({p["depth"] for sw in plan for p in sw["points"]}):
         torch.manual_seed(args.seed)
-        funcs[d] = DeepMLP(case.dim, args.width, d).to(device=device, dtype=dtype)
+        funcs[d] = MLPField(case.dim, args.width, depth=d).to(device=device, dtype=dtype)
         sizes[d] = {
             "theta_bytes": sum(p.numel() for p in funcs[d].parameters()) * itemsize,
             "activation_bytes": saved_activation_bytes(funcs[d], y0),

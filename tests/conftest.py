@@ -8,5 +8,4 @@ autouse or otherwise: each test file sets up what it needs.
 
 
 def pytest_configure(config):
-    config.addinivalue_line(
-        "markers", "slow: a test that takes more than a few seconds; deselect with -m 'not slow'")
+    config.addinivalue_line("markers", "slow: a test that takes more than a few seconds; deselect with -m 'not slow'")

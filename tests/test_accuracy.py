@@ -66,9 +66,9 @@ def oscillator_exact(t: torch.Tensor, x0: torch.Tensor, v0: torch.Tensor):
 # 1. Convergence order on fixed steps
 
 CONV_T1 = 3.0
-CONV_FLOOR = 3e-12     # errors below this are too close to round-off (~1e-14 here) to fit
-CONV_EVAL_BUDGET = 700   # at most this many evaluations of f per solve (n_steps * stages)
-CONV_POINTS = 4        # fit over the 4 smallest step sizes whose error is above the floor
+CONV_FLOOR = 3e-12  # errors below this are too close to round-off (~1e-14 here) to fit
+CONV_EVAL_BUDGET = 700  # at most this many evaluations of f per solve (n_steps * stages)
+CONV_POINTS = 4  # fit over the 4 smallest step sizes whose error is above the floor
 ORDER_TOL = 0.3
 
 
@@ -82,7 +82,7 @@ def _convergence_data(name: str) -> tuple[list[float], list[float]]:
     hs, errors = [], []
     k = 0
     while True:
-        n = int(round(8 * 2 ** (k / 2)))
+        n = round(8 * 2 ** (k / 2))
         k += 1
         if n * tableau.num_stages > CONV_EVAL_BUDGET:
             break
@@ -92,6 +92,7 @@ def _convergence_data(name: str) -> tuple[list[float], list[float]]:
         except symode.SolveError:  # unstable at the largest steps (explicit Euler): not yet asymptotic
             continue
         assert sol.stats.num_accepted == n  # one step per output interval: a uniform grid
+        assert isinstance(sol.ys, torch.Tensor)  # a tensor state
         error = (sol.ys - swirl_exact(t)).abs().max().item()
         if error < CONV_FLOOR:
             break
@@ -172,6 +173,7 @@ def _rtols(name: str) -> tuple[float, ...]:
     """Three tolerances, tightest first last; a low embedded order needs ~tol**(-1/(q+1))
     steps, so low-order pairs get looser tolerances to keep the test fast."""
     q = symode.TABLEAUS[name].error_order
+    assert q is not None  # an adaptive method
     if q == 1:
         return 3e-4, 1e-4, 3e-5
     if q <= 3:
@@ -207,7 +209,8 @@ def test_adaptive_matches_scipy(name, problem):
         units = np.abs(ys - ref) / (atol + rtol * np.abs(ref))
         assert units.max() <= bound, (
             f"{name} on {problem} at rtol={rtol}: error is {units.max():.1f} tolerance units "
-            f"(bound {bound}); per output time: {units.max(axis=1).round(2)}")
+            f"(bound {bound}); per output time: {units.max(axis=1).round(2)}"
+        )
         max_errors.append(np.abs(ys - ref).max())
     # tightening the tolerance must pay off: the error does not grow from one tolerance to the
     # next (up to 10%: dopri8's conservative estimate leaves the linear problem ~1e-7 at both
@@ -233,8 +236,9 @@ def test_step_sequence_matches_scipy(name, problem, rtol):
     f_t, f_np, y0, ts = PROBLEMS[problem]
     atol = rtol * 1e-2
     ref = solve_ivp(f_np, (ts[0], ts[-1]), np.array(y0), method=SCIPY_TWINS[name], rtol=rtol, atol=atol)
-    sol = symode.solve(f_t, _t(y0), _t([ts[0], ts[-1]]), method=name,
-                       steps=symode.AdaptiveSteps(rtol=rtol, atol=atol, controller="i"))
+    sol = symode.solve(
+        f_t, _t(y0), _t([ts[0], ts[-1]]), method=name, steps=symode.AdaptiveSteps(rtol=rtol, atol=atol, controller="i")
+    )
     grid = sol.grid.numpy()
     # symode clips a last step that would end within 1% of a step of t[-1]; scipy only an
     # overshooting one, so the last step may differ by one
@@ -254,12 +258,16 @@ def _reverse_swirl(s, z):
     return -swirl(1.0 - s, z)
 
 
-@pytest.mark.parametrize("name,steps", [
-    ("rk4", symode.FixedSteps(step_size=0.05)),
-    ("dopri5", symode.FixedSteps(step_size=0.05)),
-    ("dopri5", symode.AdaptiveSteps(rtol=1e-8, atol=1e-10)),
-    ("bosh3", symode.AdaptiveSteps(rtol=1e-6, atol=1e-8)),
-], ids=["rk4-fixed", "dopri5-fixed", "dopri5-adaptive", "bosh3-adaptive"])
+@pytest.mark.parametrize(
+    "name,steps",
+    [
+        ("rk4", symode.FixedSteps(step_size=0.05)),
+        ("dopri5", symode.FixedSteps(step_size=0.05)),
+        ("dopri5", symode.AdaptiveSteps(rtol=1e-8, atol=1e-10)),
+        ("bosh3", symode.AdaptiveSteps(rtol=1e-6, atol=1e-8)),
+    ],
+    ids=["rk4-fixed", "dopri5-fixed", "dopri5-adaptive", "bosh3-adaptive"],
+)
 def test_decreasing_time_equals_reversed_problem(name, steps):
     t_back = _t([1.0, 0.75, 0.5, 0.0])
     y1 = swirl_exact(_t(1.0))
@@ -311,7 +319,9 @@ def test_step_size_not_dividing_the_interval_ends_exactly_on_output_times():
 
 def test_step_size_dividing_the_interval_up_to_rounding_takes_no_sliver_step():
     # 1.0 / 0.1 is 10.000000000000002 in floating point: ten steps, no extra sliver
-    sol = symode.solve(swirl, swirl_exact(_t(0.0)), _t([0.0, 1.0]), method="rk4", steps=symode.FixedSteps(step_size=0.1))
+    sol = symode.solve(
+        swirl, swirl_exact(_t(0.0)), _t([0.0, 1.0]), method="rk4", steps=symode.FixedSteps(step_size=0.1)
+    )
     assert sol.stats.num_accepted == 10
     steps = np.diff(sol.grid.numpy())
     np.testing.assert_allclose(steps, 0.1, rtol=1e-12)
@@ -385,10 +395,12 @@ def test_tuple_state_adaptive_reaches_tolerance(name):
 def test_tuple_state_uses_max_of_component_norms():
     # the tuple norm is the largest per-component RMS, never below the RMS of everything:
     # a tuple state takes at least as many steps as the same state as one tensor
-    tuple_sol = symode.solve(oscillator_tuple, (X0, V0), OSC_T, method="dopri5",
-                             steps=symode.AdaptiveSteps(rtol=1e-6, atol=1e-8))
-    single_sol = symode.solve(oscillator, torch.stack([X0, V0]), OSC_T, method="dopri5",
-                              steps=symode.AdaptiveSteps(rtol=1e-6, atol=1e-8))
+    tuple_sol = symode.solve(
+        oscillator_tuple, (X0, V0), OSC_T, method="dopri5", steps=symode.AdaptiveSteps(rtol=1e-6, atol=1e-8)
+    )
+    single_sol = symode.solve(
+        oscillator, torch.stack([X0, V0]), OSC_T, method="dopri5", steps=symode.AdaptiveSteps(rtol=1e-6, atol=1e-8)
+    )
     assert tuple_sol.stats.num_accepted >= single_sol.stats.num_accepted
     assert isinstance(tuple_sol.ys, tuple) and len(tuple_sol.ys) == 2
 
@@ -424,10 +436,10 @@ def test_tighter_tolerance_on_one_component_takes_more_steps(which, component):
     tight_tol = torch.full((2,), base[which], dtype=F64)
     tight_tol[component] = base[which] * 1e-3
     tight = _vdp_solve(**{**base, which: tight_tol})
-    assert tight.stats.num_accepted > 1.5 * loose.stats.num_accepted, (
-        loose.stats, tight.stats)
-    ref = solve_ivp(_vdp_np, (0.0, 5.0), VDP_Y0.numpy(), method="DOP853", rtol=1e-12, atol=1e-12,
-                    t_eval=VDP_T.numpy()).y.T
+    assert tight.stats.num_accepted > 1.5 * loose.stats.num_accepted, (loose.stats, tight.stats)
+    ref = solve_ivp(
+        _vdp_np, (0.0, 5.0), VDP_Y0.numpy(), method="DOP853", rtol=1e-12, atol=1e-12, t_eval=VDP_T.numpy()
+    ).y.T
     err_loose = np.abs(loose.ys.numpy() - ref)[:, component].max()
     err_tight = np.abs(tight.ys.numpy() - ref)[:, component].max()
     assert err_tight < err_loose
@@ -435,8 +447,10 @@ def test_tighter_tolerance_on_one_component_takes_more_steps(which, component):
 
 def test_tuple_of_tolerances_for_tuple_state():
     def run(rtol):
-        return symode.solve(oscillator_tuple, (X0, V0), OSC_T, method="dopri5",
-                            steps=symode.AdaptiveSteps(rtol=rtol, atol=1e-12))
+        return symode.solve(
+            oscillator_tuple, (X0, V0), OSC_T, method="dopri5", steps=symode.AdaptiveSteps(rtol=rtol, atol=1e-12)
+        )
+
     same = run((1e-6, 1e-6))
     scalar = run(1e-6)
     assert torch.equal(same.grid, scalar.grid)
@@ -465,14 +479,26 @@ def test_controllers_i_and_pi_both_reach_tolerance():
     _, _, y0, ts = PROBLEMS["van_der_pol"]
     grids = {}
     for controller in ("i", "pi"):
-        sol = symode.solve(_vdp_t, _t(y0), torch.as_tensor(ts), method="dopri5",
-                           steps=symode.AdaptiveSteps(rtol=rtol, atol=atol, controller=controller))
+        sol = symode.solve(
+            _vdp_t,
+            _t(y0),
+            torch.as_tensor(ts),
+            method="dopri5",
+            steps=symode.AdaptiveSteps(rtol=rtol, atol=atol, controller=controller),
+        )
         units = np.abs(sol.ys.numpy() - ref) / (atol + rtol * np.abs(ref))
         assert units.max() <= TOL_UNITS_BOUND, (controller, units.max())
         grids[controller] = sol.grid
         # odeint's option reaches the controller too
-        ys = symode.odeint(_vdp_t, _t(y0), torch.as_tensor(ts), method="dopri5", rtol=rtol, atol=atol,
-                           options={"controller": controller})
+        ys = symode.odeint(
+            _vdp_t,
+            _t(y0),
+            torch.as_tensor(ts),
+            method="dopri5",
+            rtol=rtol,
+            atol=atol,
+            options={"controller": controller},
+        )
         assert torch.equal(ys, sol.ys)
     assert grids["i"].shape != grids["pi"].shape or not torch.equal(grids["i"], grids["pi"])
 
@@ -481,13 +507,19 @@ def test_controllers_i_and_pi_both_reach_tolerance():
 def test_first_step_is_honoured(name):
     first = 1e-3
     t = _t([0.0, 1.0])
-    sol = symode.solve(swirl, swirl_exact(_t(0.0)), t, method=name,
-                       steps=symode.AdaptiveSteps(rtol=1e-4, atol=1e-6, first_step=first))
+    sol = symode.solve(
+        swirl, swirl_exact(_t(0.0)), t, method=name, steps=symode.AdaptiveSteps(rtol=1e-4, atol=1e-6, first_step=first)
+    )
     assert sol.grid[1].item() == first  # small enough to be accepted
     # a first step far too large is rejected and shrunk, never taken
     rtol = _rtols(name)[0]
-    sol = symode.solve(swirl, swirl_exact(_t(0.0)), _t([0.0, 3.0]), method=name,
-                       steps=symode.AdaptiveSteps(rtol=rtol, atol=rtol, first_step=2.5))
+    sol = symode.solve(
+        swirl,
+        swirl_exact(_t(0.0)),
+        _t([0.0, 3.0]),
+        method=name,
+        steps=symode.AdaptiveSteps(rtol=rtol, atol=rtol, first_step=2.5),
+    )
     assert sol.stats.num_rejected >= 1
     assert sol.grid[1].item() < 2.5
     units = (sol.ys[-1] - swirl_exact(_t(3.0))).abs().max().item() / (2 * rtol)
@@ -496,8 +528,7 @@ def test_first_step_is_honoured(name):
 
 def test_first_step_via_odeint_options():
     ys_default = symode.odeint(swirl, swirl_exact(_t(0.0)), _t([0.0, 1.0]), rtol=1e-6, atol=1e-8)
-    ys = symode.odeint(swirl, swirl_exact(_t(0.0)), _t([0.0, 1.0]), rtol=1e-6, atol=1e-8,
-                       options={"first_step": 1e-4})
+    ys = symode.odeint(swirl, swirl_exact(_t(0.0)), _t([0.0, 1.0]), rtol=1e-6, atol=1e-8, options={"first_step": 1e-4})
     torch.testing.assert_close(ys, ys_default, rtol=0, atol=1e-5)
     assert not torch.equal(ys, ys_default)  # a different step sequence
 
@@ -505,8 +536,15 @@ def test_first_step_via_odeint_options():
 @pytest.mark.parametrize("name", ADAPTIVE_METHODS)
 def test_max_num_steps_exceeded_raises(name):
     with pytest.raises(symode.SolveError, match=r"max_num_steps = 5 at t = .*accepted.*rejected") as info:
-        symode.odeint(swirl, swirl_exact(_t(0.0)), _t([0.0, 3.0]), method=name, rtol=1e-8, atol=1e-10,
-                      options={"max_num_steps": 5})
+        symode.odeint(
+            swirl,
+            swirl_exact(_t(0.0)),
+            _t([0.0, 3.0]),
+            method=name,
+            rtol=1e-8,
+            atol=1e-10,
+            options={"max_num_steps": 5},
+        )
     err = info.value
     assert 0.0 < err.t < 3.0
     assert repr(err.t) in str(err)  # the message names the time reached
@@ -530,16 +568,22 @@ def test_nfe_fsal_adaptive(name, rtol):
     assert st.num_accepted > 0
     assert st.nfe_forward == (s - 1) * (st.num_accepted + st.num_rejected) + 2, st
     # with first_step the heuristic's evaluation is not made
-    sol = symode.solve(_vdp_t, VDP_Y0, VDP_T, method=name,
-                       steps=symode.AdaptiveSteps(rtol=rtol, atol=rtol * 1e-2, first_step=1e-3))
+    sol = symode.solve(
+        _vdp_t, VDP_Y0, VDP_T, method=name, steps=symode.AdaptiveSteps(rtol=rtol, atol=rtol * 1e-2, first_step=1e-3)
+    )
     st = sol.stats
     assert st.nfe_forward == (s - 1) * (st.num_accepted + st.num_rejected) + 1, st
 
 
 def test_nfe_dopri5_is_six_per_step_plus_two_with_rejections():
     # rtol 1e-3 on Van der Pol gives rejected steps too (each costs 6 evaluations as well)
-    sol = symode.solve(_vdp_t, VDP_Y0, _t([0.0, 5.0]), method="dopri5",
-                       steps=symode.AdaptiveSteps(rtol=1e-3, atol=1e-5, controller="i"))
+    sol = symode.solve(
+        _vdp_t,
+        VDP_Y0,
+        _t([0.0, 5.0]),
+        method="dopri5",
+        steps=symode.AdaptiveSteps(rtol=1e-3, atol=1e-5, controller="i"),
+    )
     st = sol.stats
     assert st.num_rejected > 0
     assert st.nfe_forward == 6 * (st.num_accepted + st.num_rejected) + 2
@@ -548,8 +592,9 @@ def test_nfe_dopri5_is_six_per_step_plus_two_with_rejections():
     assert st.nfe_forward == ref.nfev
 
 
-@pytest.mark.parametrize("t_values,h,n_steps", [([0.0, 1.0], 0.1, 10), ([0.0, 0.25, 1.0], 0.1, 11),
-                                                ([0.0, 1.0], 0.3, 4)])
+@pytest.mark.parametrize(
+    "t_values,h,n_steps", [([0.0, 1.0], 0.1, 10), ([0.0, 0.25, 1.0], 0.1, 11), ([0.0, 1.0], 0.3, 4)]
+)
 def test_nfe_rk4_fixed_steps(t_values, h, n_steps):
     sol = symode.solve(swirl, swirl_exact(_t(0.0)), _t(t_values), method="rk4", steps=symode.FixedSteps(step_size=h))
     assert sol.stats.num_accepted == n_steps
@@ -558,8 +603,9 @@ def test_nfe_rk4_fixed_steps(t_values, h, n_steps):
 
 
 def test_nfe_euler_fixed_steps():
-    sol = symode.solve(swirl, swirl_exact(_t(0.0)), _t([0.0, 1.0]), method="euler",
-                       steps=symode.FixedSteps(step_size=0.01))
+    sol = symode.solve(
+        swirl, swirl_exact(_t(0.0)), _t([0.0, 1.0]), method="euler", steps=symode.FixedSteps(step_size=0.01)
+    )
     assert sol.stats.num_accepted == 100
     assert sol.stats.nfe_forward == 100
 
@@ -584,7 +630,9 @@ class _Recorder:
         return self.func(t, y)
 
 
-@pytest.mark.parametrize("name,options", [("dopri5", None), ("rk4", {"step_size": 0.05}), ("tsit5", {"step_size": 0.1})])
+@pytest.mark.parametrize(
+    "name,options", [("dopri5", None), ("rk4", {"step_size": 0.05}), ("tsit5", {"step_size": 0.1})]
+)
 def test_float32_state_with_float64_times(name, options):
     rec = _Recorder(swirl)
     t = torch.linspace(0.0, 1.0, 5, dtype=F64)
@@ -596,8 +644,13 @@ def test_float32_state_with_float64_times(name, options):
     assert rec.y_dtypes == {torch.float32}
     assert min(rec.ts) >= 0.0 and max(rec.ts) <= 1.0
     torch.testing.assert_close(ys.double(), swirl_exact(t), rtol=0, atol=2e-5)
-    sol = symode.solve(rec, y0, t, method=name,
-                       steps=symode.FixedSteps(**options) if options else symode.AdaptiveSteps(rtol=1e-5, atol=1e-6))
+    sol = symode.solve(
+        rec,
+        y0,
+        t,
+        method=name,
+        steps=symode.FixedSteps(**options) if options else symode.AdaptiveSteps(rtol=1e-5, atol=1e-6),
+    )
     assert sol.ts.dtype == F64 and torch.equal(sol.ts, t)
     for value in t.tolist():  # float64 output times are hit exactly despite the float32 state
         assert value in sol.grid.tolist()
@@ -627,6 +680,7 @@ def test_float32_rounding_does_not_accumulate_per_term():
     with torch.no_grad():
         y32 = symode.odeint(lambda t, y: net(y), y0, t, method="rk38", options={"step_size": 1 / 200})[-1]
         net64 = net.double()
-        y64 = symode.odeint(lambda t, y: net64(y), y0.double(), t.double(), method="rk38",
-                            options={"step_size": 1 / 200})[-1]
+        y64 = symode.odeint(
+            lambda t, y: net64(y), y0.double(), t.double(), method="rk38", options={"step_size": 1 / 200}
+        )[-1]
     assert (y32.double() - y64).abs().max() <= 1.5e-6

@@ -24,8 +24,12 @@ class MLP(torch.nn.Module):
         super().__init__()
         torch.manual_seed(seed)
         self.net = torch.nn.Sequential(
-            torch.nn.Linear(dim, width), torch.nn.Tanh(), torch.nn.Linear(width, width), torch.nn.Tanh(),
-            torch.nn.Linear(width, dim)).to(DTYPE)
+            torch.nn.Linear(dim, width),
+            torch.nn.Tanh(),
+            torch.nn.Linear(width, width),
+            torch.nn.Tanh(),
+            torch.nn.Linear(width, dim),
+        ).to(DTYPE)
         with torch.no_grad():
             for p in self.net.parameters():
                 p.mul_(scale)
@@ -47,11 +51,18 @@ def flat_grads(func, y0, t, gradient, *, method="dopri8", steps=FINE, weights=No
     and the parameters, concatenated; and the solution."""
     leaves = [y for y in ([y0] if isinstance(y0, torch.Tensor) else y0) if y.requires_grad]
     params = list(func.parameters()) if params is None else list(params)
-    sol = symode.solve(func, y0, t, method=method, steps=steps, gradient=gradient,
-                       adjoint_params=None if isinstance(func, torch.nn.Module) else params)
+    sol = symode.solve(
+        func,
+        y0,
+        t,
+        method=method,
+        steps=steps,
+        gradient=gradient,
+        adjoint_params=None if isinstance(func, torch.nn.Module) else params,
+    )
     ys = [sol.ys] if isinstance(sol.ys, torch.Tensor) else list(sol.ys)
     weights = [torch.ones_like(y) for y in ys] if weights is None else weights
-    loss = sum((w * y ** 2).sum() for w, y in zip(weights, ys))
+    loss = sum((w * y**2).sum() for w, y in zip(weights, ys))
     grads = torch.autograd.grad(loss, leaves + params)
     return torch.cat([g.reshape(-1) for g in grads]), sol
 
@@ -74,7 +85,9 @@ def test_gradient_approaches_the_exact_one_as_the_tolerances_tighten():
     n = y0.numel()
     errors = []
     for tol in (1e-4, 1e-7, 1e-10):
-        got, sol = flat_grads(func, y0, t, ContinuousAdjoint(method="dopri5", steps=symode.AdaptiveSteps(rtol=tol, atol=tol)))
+        got, sol = flat_grads(
+            func, y0, t, ContinuousAdjoint(method="dopri5", steps=symode.AdaptiveSteps(rtol=tol, atol=tol))
+        )
         errors.append((rel(got, ref), rel(got[:n], ref[:n]), rel(got[n:], ref[n:]), sol.stats.nfe_backward))
     (e1, *_, n1), (e2, *_, n2), (e3, ey0, eth, n3) = errors
     assert e1 > e2 > e3, errors
@@ -90,11 +103,12 @@ def test_agrees_with_finite_differences():
     t = torch.tensor([0.0, 0.4, 1.5], dtype=DTYPE)
     adjoint = ContinuousAdjoint(rtol=1e-11, atol=1e-11)
     ys = symode.solve(func, y0, t, steps=TIGHT, gradient=adjoint).ys
-    gy0, gw = torch.autograd.grad((ys ** 2).sum(), (y0, func.w1))
+    gy0, gw = torch.autograd.grad((ys**2).sum(), (y0, func.w1))
 
     def loss(y0):
         with torch.no_grad():
             return float((symode.solve(func, y0, t, method="dopri8", steps=FINE).ys ** 2).sum())
+
     eps = 1e-6
     dy, dw = randn(2, 3, seed=4), randn(*func.w1.shape, seed=5)
     fd_y = (loss(y0 + eps * dy) - loss(y0 - eps * dy)) / (2 * eps)
@@ -118,8 +132,9 @@ def test_several_output_times(times, norm):
     # a different weight for every output entry, so every output time's cotangent matters
     weights = [torch.rand(len(t), 2, 3, generator=torch.Generator().manual_seed(3), dtype=DTYPE)]
     ref, ref_sol = flat_grads(func, y0, t, "backprop", weights=weights)
-    got, sol = flat_grads(func, y0, t, ContinuousAdjoint(steps=symode.AdaptiveSteps(rtol=1e-10, atol=1e-10), norm=norm),
-                          weights=weights)
+    got, sol = flat_grads(
+        func, y0, t, ContinuousAdjoint(steps=symode.AdaptiveSteps(rtol=1e-10, atol=1e-10), norm=norm), weights=weights
+    )
     assert torch.equal(sol.ys, ref_sol.ys)  # the forward solve is the same
     assert rel(got, ref) < 1e-8
     assert sol.stats.nfe_backward == sol.stats.nfe_backward_vjp > 0
@@ -145,7 +160,9 @@ def test_tuple_state():
     t = torch.tensor([1.0, 0.7, 0.0, -0.4], dtype=DTYPE)
     ref, _ = flat_grads(func, (x0, v0), t, "backprop")
     for norm in ("default", "seminorm"):
-        got, sol = flat_grads(func, (x0, v0), t, ContinuousAdjoint(steps=symode.AdaptiveSteps(rtol=1e-10, atol=1e-10), norm=norm))
+        got, sol = flat_grads(
+            func, (x0, v0), t, ContinuousAdjoint(steps=symode.AdaptiveSteps(rtol=1e-10, atol=1e-10), norm=norm)
+        )
         assert isinstance(sol.ys, tuple) and sol.ys[0].shape == (4, 2, 2) and sol.ys[1].shape == (4, 2)
         assert rel(got, ref) < 1e-8
 
@@ -216,7 +233,7 @@ def test_norms_coincide_without_parameters():
     counts = []
     for norm in ("default", "seminorm"):
         sol = symode.solve(f, y0, t, gradient=ContinuousAdjoint(norm=norm))
-        g, = torch.autograd.grad(sol.ys[-1].sum(), y0)
+        (g,) = torch.autograd.grad(sol.ys[-1].sum(), y0)
         counts.append((sol.stats.nfe_backward, g))
     assert counts[0][0] == counts[1][0] and torch.equal(counts[0][1], counts[1][1])
 
@@ -249,8 +266,9 @@ def test_adjoint_params_for_a_plain_function():
     ys = odeint_adjoint(f, y0, t, rtol=1e-10, atol=1e-10, adjoint_params=(weight,))
     got = torch.autograd.grad(ys[-1].sum(), (y0, weight))
     # exact: y(1) = expm(W) y0, so d(sum y(1))/dy0 = expm(W)^T 1
-    assert torch.allclose(got[0], torch.linalg.matrix_exp(weight.detach()).T @ torch.ones(2, dtype=DTYPE),
-                          rtol=1e-8, atol=0)
+    assert torch.allclose(
+        got[0], torch.linalg.matrix_exp(weight.detach()).T @ torch.ones(2, dtype=DTYPE), rtol=1e-8, atol=0
+    )
     ref = torch.autograd.grad(symode.odeint(f, y0, t, rtol=1e-10, atol=1e-10)[-1].sum(), (y0, weight))
     for a, b in zip(got, ref):
         assert rel(a, b) < 1e-8
@@ -280,7 +298,7 @@ def test_gradient_in_the_output_times():
         for name, gradient in (("exact", "backprop"), ("adjoint", ContinuousAdjoint())):
             t = torch.tensor([0.1, 0.4, 0.7, 1.3], dtype=DTYPE, requires_grad=True)
             ys = symode.odeint(func, y0, t, rtol=tol, atol=tol, gradient=gradient)
-            grads[name] = torch.autograd.grad((weights * ys ** 2).sum(), t)[0]
+            grads[name] = torch.autograd.grad((weights * ys**2).sum(), t)[0]
         errors.append(((grads["adjoint"] - grads["exact"]).norm() / grads["exact"].norm()).item())
         assert grads["exact"].abs().min() > 1e-3
     assert errors[0] > errors[1] > errors[2] and errors[2] < 1e-8, errors
@@ -291,7 +309,7 @@ def test_no_second_derivatives():
     y0 = randn(2, 3, seed=0).requires_grad_(True)
     t = torch.tensor([0.0, 1.0], dtype=DTYPE)
     ys = symode.solve(func, y0, t, gradient=ContinuousAdjoint()).ys
-    g, = torch.autograd.grad(ys.sum(), y0, create_graph=True)
+    (g,) = torch.autograd.grad(ys.sum(), y0, create_graph=True)
     with pytest.raises(RuntimeError):
         g.sum().backward()
 
@@ -320,7 +338,7 @@ def backward_calls(**kwargs):
     t = torch.tensor([0.0, 0.5, 1.0], dtype=DTYPE)
     ys = odeint_adjoint(func, y0, t, **kwargs)
     before = func.calls
-    g, = torch.autograd.grad((ys ** 2).sum(), y0)
+    (g,) = torch.autograd.grad((ys**2).sum(), y0)
     return func.calls - before, g
 
 
@@ -329,8 +347,21 @@ def test_odeint_adjoint_signature_is_torchdiffeqs():
 
     params = inspect.signature(odeint_adjoint).parameters
     # torchdiffeq's parameters in its order, then symode's own keyword (compile)
-    assert list(params) == ["func", "y0", "t", "rtol", "atol", "method", "options", "adjoint_rtol",
-                            "adjoint_atol", "adjoint_method", "adjoint_options", "adjoint_params", "compile"]
+    assert list(params) == [
+        "func",
+        "y0",
+        "t",
+        "rtol",
+        "atol",
+        "method",
+        "options",
+        "adjoint_rtol",
+        "adjoint_atol",
+        "adjoint_method",
+        "adjoint_options",
+        "adjoint_params",
+        "compile",
+    ]
     assert params["compile"].kind is inspect.Parameter.KEYWORD_ONLY and params["compile"].default is False
     assert params["rtol"].default == 1e-7 and params["atol"].default == 1e-9
     assert params["method"].default == "dopri5"
@@ -347,8 +378,9 @@ def test_odeint_adjoint_method_and_options():
     # the forward method and options are those of the forward solve only
     calls_fwd_fixed, _ = backward_calls(method="rk4", options={"step_size": 0.25})
     assert calls_fwd_fixed == 4 * 4  # backward defaults to the forward's steps
-    calls_mixed, _ = backward_calls(method="rk4", options={"step_size": 0.25},
-                                    adjoint_method="euler", adjoint_options={"step_size": 0.05})
+    calls_mixed, _ = backward_calls(
+        method="rk4", options={"step_size": 0.25}, adjoint_method="euler", adjoint_options={"step_size": 0.05}
+    )
     assert calls_mixed == 20
 
 
@@ -388,29 +420,43 @@ def test_odeint_adjoint_seminorm_option():
 # bad arguments
 
 
-@pytest.mark.parametrize("kwargs,error,match", [
-    ({"rtol": -1e-3}, ValueError, "rtol must be positive"),
-    ({"atol": "tight"}, TypeError, "atol must be a positive number"),
-    ({"rtol": (1e-3, 1e-3)}, TypeError, "rtol must be a positive number or a tensor"),
-    ({"method": "rk5"}, ValueError, "unknown method 'rk5'"),
-    ({"method": 5}, TypeError, "method must be a method name"),
-    ({"steps": {"step_size": 0.1}}, TypeError, "steps must be symode.FixedSteps or symode.AdaptiveSteps"),
-    ({"rtol": 1e-3, "steps": symode.AdaptiveSteps()}, ValueError, "give the tolerances there"),
-    ({"method": "rk4", "steps": symode.AdaptiveSteps(first_step=0.1)}, ValueError, "method 'rk4' takes fixed steps"),
-    ({"norm": "max"}, ValueError, r"norm must be one of \['default', 'seminorm'\]"),
-    ({"norm": None}, TypeError, "norm must be one of"),
-])
+@pytest.mark.parametrize(
+    "kwargs,error,match",
+    [
+        ({"rtol": -1e-3}, ValueError, "rtol must be positive"),
+        ({"atol": "tight"}, TypeError, "atol must be a positive number"),
+        ({"rtol": (1e-3, 1e-3)}, TypeError, "rtol must be a positive number or a tensor"),
+        ({"method": "rk5"}, ValueError, "unknown method 'rk5'"),
+        ({"method": 5}, TypeError, "method must be a method name"),
+        ({"steps": {"step_size": 0.1}}, TypeError, "steps must be symode.FixedSteps or symode.AdaptiveSteps"),
+        ({"rtol": 1e-3, "steps": symode.AdaptiveSteps()}, ValueError, "give the tolerances there"),
+        (
+            {"method": "rk4", "steps": symode.AdaptiveSteps(first_step=0.1)},
+            ValueError,
+            "method 'rk4' takes fixed steps",
+        ),
+        ({"norm": "max"}, ValueError, r"norm must be one of \['default', 'seminorm'\]"),
+        ({"norm": None}, TypeError, "norm must be one of"),
+    ],
+)
 def test_bad_constructor_arguments(kwargs, error, match):
     with pytest.raises(error, match=match):
         ContinuousAdjoint(**kwargs)
 
 
-@pytest.mark.parametrize("kwargs,error,match", [
-    ({"adjoint_options": 0.1}, TypeError, "options must be a dict"),
-    ({"adjoint_options": {"stepsize": 0.1}}, ValueError, r"unknown option\(s\) \['stepsize'\]"),
-    ({"adjoint_options": {"step_size": -0.1}}, ValueError, "step_size must be positive"),
-    ({"adjoint_method": "rk4", "adjoint_options": {"first_step": 0.1}}, ValueError, "method 'rk4' takes fixed steps"),
-])
+@pytest.mark.parametrize(
+    "kwargs,error,match",
+    [
+        ({"adjoint_options": 0.1}, TypeError, "options must be a dict"),
+        ({"adjoint_options": {"stepsize": 0.1}}, ValueError, r"unknown option\(s\) \['stepsize'\]"),
+        ({"adjoint_options": {"step_size": -0.1}}, ValueError, "step_size must be positive"),
+        (
+            {"adjoint_method": "rk4", "adjoint_options": {"first_step": 0.1}},
+            ValueError,
+            "method 'rk4' takes fixed steps",
+        ),
+    ],
+)
 def test_bad_adjoint_options(kwargs, error, match):
     """torchdiffeq's adjoint_options dict is translated (and checked) by odeint_adjoint."""
     y0 = randn(2, 3, seed=0).requires_grad_(True)

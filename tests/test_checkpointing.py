@@ -8,7 +8,7 @@ import pytest
 from symode.gradients._revolve import _split_bounds, optimal_recomputations, reverse, split
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def brute_force(n, s):
     """T(n, s) straight from the recurrence."""
     if n == 1:
@@ -140,15 +140,15 @@ def test_known_values():
     [
         (lambda: optimal_recomputations(0, 1), "n"),
         (lambda: optimal_recomputations(-3, 1), "n"),
-        (lambda: optimal_recomputations(2.0, 1), "n"),
+        (lambda: optimal_recomputations(2.0, 1), "n"),  # type: ignore[arg-type]
         (lambda: optimal_recomputations(True, 1), "n"),
         (lambda: optimal_recomputations(5, -1), "slots"),
-        (lambda: optimal_recomputations(5, "2"), "slots"),
+        (lambda: optimal_recomputations(5, "2"), "slots"),  # type: ignore[arg-type]
         (lambda: split(1, 1), "n"),
         (lambda: split(5, 0), "slots"),
-        (lambda: reverse(0, 1, 0, None, None), "n"),
-        (lambda: reverse(3, -1, 0, None, None), "slots"),
-        (lambda: reverse(3, 1.5, 0, None, None), "slots"),
+        (lambda: reverse(0, 1, 0, None, None), "n"),  # type: ignore[arg-type]
+        (lambda: reverse(3, -1, 0, None, None), "slots"),  # type: ignore[arg-type]
+        (lambda: reverse(3, 1.5, 0, None, None), "slots"),  # type: ignore[arg-type]
     ],
 )
 def test_input_validation(call, name):

@@ -20,8 +20,14 @@ from symode.bench.cli import DEFAULT_PROBLEM, Progress, default_gradients, gradi
 from symode.gradients import GRADIENT_METHODS, ContinuousAdjoint, SymplecticAdjoint
 
 TINY = ["--width", "16", "--batch", "4", "--repeats", "1", "--dtype", "float64", "--threads", "1"]
-DEFAULT_LABELS = ["backprop", "checkpoint", "one_checkpoint", "symplectic_adjoint",
-                  "symplectic_adjoint:store_stages", "adjoint"]
+DEFAULT_LABELS = [
+    "backprop",
+    "checkpoint",
+    "one_checkpoint",
+    "symplectic_adjoint",
+    "symplectic_adjoint:store_stages",
+    "adjoint",
+]
 HAVE_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
 
 
@@ -129,9 +135,32 @@ def test_table_is_printed(tiny_run):
 
 def test_reference_in_float64_and_other_problem(tmp_path):
     path = tmp_path / "r.json"
-    status, out, err = _run(["bench", "--problem", "gas", "--blocks", "2", "--width", "8", "--batch", "3",
-                             "--repeats", "1", "--threads", "1", "--dtype", "float32", "--reference-dtype",
-                             "float64", "--gradients", "symplectic_adjoint", "--quiet", "--json", str(path)])
+    status, out, err = _run(
+        [
+            "bench",
+            "--problem",
+            "gas",
+            "--blocks",
+            "2",
+            "--width",
+            "8",
+            "--batch",
+            "3",
+            "--repeats",
+            "1",
+            "--threads",
+            "1",
+            "--dtype",
+            "float32",
+            "--reference-dtype",
+            "float64",
+            "--gradients",
+            "symplectic_adjoint",
+            "--quiet",
+            "--json",
+            str(path),
+        ]
+    )
     assert status == 0 and err == ""  # --quiet: nothing on stderr
     report = json.loads(path.read_text())
     assert "float64" in report["info"]["gradient_reference"]
@@ -159,11 +188,13 @@ def test_parse_gradient_round_trips_every_configuration():
 
 
 def test_bad_arguments_exit_with_usage_error(capsys):
-    for argv, text in ((["bench", "--gradients", "no_such_method"], "no_such_method"),
-                       (["bench", "--gradients", "symplectic_adjoint:nope"], "no option"),
-                       (["bench", "--method", "rk4"], "--step-size"),  # a fixed-step method needs a step size
-                       (["bench", "--batch", "0"], "--batch"),
-                       (["bench", "--problem", "mnist"], "invalid choice")):
+    for argv, text in (
+        (["bench", "--gradients", "no_such_method"], "no_such_method"),
+        (["bench", "--gradients", "symplectic_adjoint:nope"], "no option"),
+        (["bench", "--method", "rk4"], "--step-size"),  # a fixed-step method needs a step size
+        (["bench", "--batch", "0"], "--batch"),
+        (["bench", "--problem", "mnist"], "invalid choice"),
+    ):
         with pytest.raises(SystemExit) as exc:
             main(argv)
         assert exc.value.code == 2
@@ -181,7 +212,7 @@ def test_plot_without_matplotlib_is_a_clear_usage_error(tmp_path, capsys):
 
 @pytest.mark.skipif(not HAVE_MATPLOTLIB, reason="matplotlib is not installed (the bench extra)")
 def test_plot_writes_pngs(tmp_path):
-    status, out, err = _run(["bench", *TINY, "--gradients", "symplectic_adjoint", "--plot", str(tmp_path / "fig")])
+    status, _out, err = _run(["bench", *TINY, "--gradients", "symplectic_adjoint", "--plot", str(tmp_path / "fig")])
     assert status == 0, err
     pngs = sorted(p.name for p in (tmp_path / "fig").iterdir())
     assert pngs == ["miniboone_memory_vs_time.png", "miniboone_methods.png"]
@@ -216,8 +247,9 @@ class _FakePeers:
 def test_peers_run_beside_symodes_methods(monkeypatch, tmp_path):
     monkeypatch.setattr(cli, "_peers_module", lambda: _FakePeers)
     path = tmp_path / "r.json"
-    status, out, err = _run(["bench", *TINY, "--gradients", "symplectic_adjoint", "--peers", "--quiet",
-                             "--json", str(path)])
+    status, out, err = _run(
+        ["bench", *TINY, "--gradients", "symplectic_adjoint", "--peers", "--quiet", "--json", str(path)]
+    )
     assert status == 0, err
     report = json.loads(path.read_text())
     results = _by_method(report)

@@ -56,8 +56,14 @@ def test_compiled_backprop_matches_eager_and_does_not_recompile(problem):
 
     # other step sizes and times reuse the compiled graph: the times and h are tensors
     before = torch._dynamo.utils.counters["stats"]["unique_graphs"]
-    _solve_and_grad(func, y0, torch.tensor([0.1, 0.7], dtype=torch.float64), True, method="rk38",
-                    steps=symode.FixedSteps(step_size=0.017))
+    _solve_and_grad(
+        func,
+        y0,
+        torch.tensor([0.1, 0.7], dtype=torch.float64),
+        True,
+        method="rk38",
+        steps=symode.FixedSteps(step_size=0.017),
+    )
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == before
 
 
@@ -68,13 +74,19 @@ def test_compiled_forward_of_the_symplectic_adjoint_is_exact_on_its_grid(problem
     func, y0 = problem
     t = torch.tensor([0.0, 1.0], dtype=torch.float64)
     eager, _ = _solve_and_grad(func, y0, t, False, method="dopri5", steps=symode.AdaptiveSteps(rtol=1e-6, atol=1e-8))
-    compiled, g_compiled = _solve_and_grad(func, y0, t, True, method="dopri5", gradient="symplectic_adjoint",
-                                           steps=symode.AdaptiveSteps(rtol=1e-6, atol=1e-8))
+    compiled, g_compiled = _solve_and_grad(
+        func,
+        y0,
+        t,
+        True,
+        method="dopri5",
+        gradient="symplectic_adjoint",
+        steps=symode.AdaptiveSteps(rtol=1e-6, atol=1e-8),
+    )
     assert len(compiled.grid) == len(eager.grid)
     torch.testing.assert_close(compiled.grid, eager.grid, rtol=1e-6, atol=0.0)
     assert compiled.stats.nfe_forward == eager.stats.nfe_forward
-    replay, g_replay = _solve_and_grad(func, y0, t, False, method="dopri5",
-                                       steps=symode.FixedSteps(grid=compiled.grid))
+    replay, g_replay = _solve_and_grad(func, y0, t, False, method="dopri5", steps=symode.FixedSteps(grid=compiled.grid))
     torch.testing.assert_close(compiled.ys, replay.ys, rtol=1e-12, atol=1e-14)
     torch.testing.assert_close(g_compiled, g_replay, rtol=1e-11, atol=1e-13)
 
@@ -124,8 +136,15 @@ def test_compiled_symplectic_adjoint_of_a_self_differentiating_func_matches_eage
     for compile in (False, True):
         func.zero_grad()
         z0.grad = None
-        zs, logps = symode.odeint(func, (z0, logp0), torch.tensor([0.0, 1.0], dtype=torch.float64), method="rk4",
-                                  options={"step_size": 0.1}, gradient="symplectic_adjoint", compile=compile)
+        zs, logps = symode.odeint(
+            func,
+            (z0, logp0),
+            torch.tensor([0.0, 1.0], dtype=torch.float64),
+            method="rk4",
+            options={"step_size": 0.1},
+            gradient="symplectic_adjoint",
+            compile=compile,
+        )
         (zs[-1].pow(2).sum() + logps[-1].sum()).backward()
         grads.append(_flat(func, z0))
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-12, atol=1e-14)

@@ -95,8 +95,7 @@ def test_zero_ratio_gives_ifactor(steps, controller):
 @pytest.mark.parametrize("controller", ["i", "pi"])
 def test_non_finite_ratio_gives_dfactor(controller):
     steps = AdaptiveSteps(controller=controller, dfactor=0.25)
-    for r, accepted, after_reject in itertools.product([math.inf, math.nan, -math.inf], [True, False],
-                                                       [True, False]):
+    for r, accepted, after_reject in itertools.product([math.inf, math.nan, -math.inf], [True, False], [True, False]):
         assert steps.factor(r, 1.0, 3, accepted, after_reject) == 0.25
 
 
@@ -127,16 +126,19 @@ def test_after_reject_caps_the_factor_at_one(controller):
     assert grew and shrank  # both sides of the cap were exercised
 
 
-@pytest.mark.parametrize("kw,match", [
-    ({"safety": 1.5}, "safety"),
-    ({"safety": 0.0}, "safety"),
-    ({"ifactor": 1.0}, "ifactor"),
-    ({"dfactor": 1.0}, "dfactor"),
-    ({"dfactor": -0.1}, "dfactor"),
-    ({"controller": "pid"}, "controller"),
-    ({"max_num_steps": 0}, "max_num_steps"),
-    ({"first_step": -1.0}, "first_step"),
-])
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        ({"safety": 1.5}, "safety"),
+        ({"safety": 0.0}, "safety"),
+        ({"ifactor": 1.0}, "ifactor"),
+        ({"dfactor": 1.0}, "dfactor"),
+        ({"dfactor": -0.1}, "dfactor"),
+        ({"controller": "pid"}, "controller"),
+        ({"max_num_steps": 0}, "max_num_steps"),
+        ({"first_step": -1.0}, "first_step"),
+    ],
+)
 def test_invalid_controller_settings(kw, match):
     with pytest.raises(ValueError, match=match):
         AdaptiveSteps(**kw)
@@ -209,7 +211,7 @@ def test_initial_step_decay_by_hand():
     scale = 1e-6 + 1e-3
     d0 = 1.0 / scale
     h1 = (0.01 / d0) ** (1.0 / 5)
-    assert h1 == pytest.approx(0.1 * 1.001 ** 0.2, rel=1e-12)
+    assert h1 == pytest.approx(0.1 * 1.001**0.2, rel=1e-12)
     got = initial_step(Decay(), 0.0, y0, -y0, 1.0, 4, 1e-3, 1e-6, rms_norm, 10.0)
     assert got == pytest.approx(min(1.0, h1, 10.0), rel=1e-12)
     # bounded by a shorter span
@@ -224,13 +226,16 @@ def test_initial_step_zero_span():
 
 
 @pytest.mark.parametrize("span", [1e-9, 1e-6, 1e-3, 0.05, 1.0, 1e3])
-@pytest.mark.parametrize("y0,f", [
-    ([1.0], lambda t, y: -y),
-    ([1.0, 2.0], lambda t, y: -50.0 * y),
-    ([0.0, 0.0], lambda t, y: torch.zeros_like(y)),
-    ([0.0], lambda t, y: torch.ones_like(y) * t),
-    ([1e-8, 3.0], lambda t, y: y * y),
-])
+@pytest.mark.parametrize(
+    "y0,f",
+    [
+        ([1.0], lambda t, y: -y),
+        ([1.0, 2.0], lambda t, y: -50.0 * y),
+        ([0.0, 0.0], lambda t, y: torch.zeros_like(y)),
+        ([0.0], lambda t, y: torch.ones_like(y) * t),
+        ([1e-8, 3.0], lambda t, y: y * y),
+    ],
+)
 def test_initial_step_never_exceeds_span(span, y0, f):
     y0_t = torch.tensor(y0, dtype=F64)
     f0 = f(0.0, y0_t)
@@ -248,8 +253,9 @@ def test_initial_step_never_exceeds_span(span, y0, f):
 def test_initial_step_zero_state_and_field():
     """d0, d1 < 1e-5: h0 = 1e-6; f constant: d2 = 0 <= 1e-15: h1 = max(1e-6, 1e-3 h0) = 1e-6."""
     y0 = torch.zeros(3, dtype=F64)
-    got = initial_step(lambda t, y: torch.zeros_like(y), 0.0, y0, torch.zeros_like(y0), 1.0, 4, 1e-6, 1e-9,
-                       rms_norm, 1.0)
+    got = initial_step(
+        lambda t, y: torch.zeros_like(y), 0.0, y0, torch.zeros_like(y0), 1.0, 4, 1e-6, 1e-9, rms_norm, 1.0
+    )
     assert got == 1e-6
 
 

@@ -59,8 +59,9 @@ def test_non_float_y0(dtype):
         symode.odeint(pair_decay, (y0, Y0), T)
 
 
-@pytest.mark.parametrize("y0", [1.0, np.array([1.0, 0.5]), None, "1.0", {"x": Y0}],
-                         ids=["float", "ndarray", "None", "str", "dict"])
+@pytest.mark.parametrize(
+    "y0", [1.0, np.array([1.0, 0.5]), None, "1.0", {"x": Y0}], ids=["float", "ndarray", "None", "str", "dict"]
+)
 def test_y0_not_a_tensor(y0):
     with pytest.raises(TypeError, match=r"y0 must be a tensor"):
         symode.odeint(decay, y0, T)
@@ -87,19 +88,26 @@ def test_tuple_y0_mixed_dtypes():
 # t
 
 
-@pytest.mark.parametrize("t", [torch.zeros(2, 2, dtype=F64), torch.tensor(1.0, dtype=F64),
-                               torch.zeros(0, dtype=F64)], ids=["2-D", "0-D", "empty"])
+@pytest.mark.parametrize(
+    "t",
+    [torch.zeros(2, 2, dtype=F64), torch.tensor(1.0, dtype=F64), torch.zeros(0, dtype=F64)],
+    ids=["2-D", "0-D", "empty"],
+)
 def test_t_not_1d(t):
     with pytest.raises(ValueError, match=r"t must be a 1-D tensor"):
         symode.odeint(decay, Y0, t)
 
 
-@pytest.mark.parametrize("t_values,bad_index", [
-    ([0.0, 0.5, 0.5, 1.0], 1),    # a repeated time
-    ([0.0, 0.0], 0),               # a repeated first time
-    ([0.0, 1.0, 0.5], 1),          # zig-zag
-    ([1.0, 0.5, 0.75, 0.0], 1),    # zig-zag while decreasing
-], ids=["repeat", "repeat-first", "zigzag", "zigzag-decreasing"])
+@pytest.mark.parametrize(
+    "t_values,bad_index",
+    [
+        ([0.0, 0.5, 0.5, 1.0], 1),  # a repeated time
+        ([0.0, 0.0], 0),  # a repeated first time
+        ([0.0, 1.0, 0.5], 1),  # zig-zag
+        ([1.0, 0.5, 0.75, 0.0], 1),  # zig-zag while decreasing
+    ],
+    ids=["repeat", "repeat-first", "zigzag", "zigzag-decreasing"],
+)
 @pytest.mark.parametrize("method,options", PATHS, ids=PATH_IDS)
 def test_t_not_strictly_monotone(t_values, bad_index, method, options):
     t = torch.tensor(t_values, dtype=F64)
@@ -171,8 +179,17 @@ def test_fixed_method_without_step_size(method):
         symode.odeint(decay, Y0, T, method=method, options={"first_step": 0.1})
 
 
-@pytest.mark.parametrize("option,value", [("first_step", 0.01), ("max_num_steps", 10), ("controller", "i"),
-                                          ("safety", 0.8), ("ifactor", 5.0), ("dfactor", 0.5)])
+@pytest.mark.parametrize(
+    "option,value",
+    [
+        ("first_step", 0.01),
+        ("max_num_steps", 10),
+        ("controller", "i"),
+        ("safety", 0.8),
+        ("ifactor", 5.0),
+        ("dfactor", 0.5),
+    ],
+)
 def test_adaptive_option_with_step_size(option, value):
     with pytest.raises(ValueError, match=rf"option\(s\) \[{option!r}\] apply to adaptive steps.*'step_size'"):
         symode.odeint(decay, Y0, T, method="dopri5", options={"step_size": 0.1, option: value})
@@ -194,28 +211,35 @@ def test_step_size_wrong_type():
         symode.odeint(decay, Y0, T, method="rk4", options={"step_size": "0.1"})
 
 
-@pytest.mark.parametrize("grid,match", [
-    (torch.tensor([0.1, 0.5, 1.0]), r"grid must start at t\[0\] = 0.0"),
-    (torch.tensor([0.0, 0.5, 0.9]), r"grid must start at t\[0\] = 0.0 and end at t\[-1\] = 1.0"),
-    (torch.tensor([0.0, 0.6, 0.4, 1.0]), r"grid must be strictly increasing or strictly decreasing"),
-    (torch.tensor([0.0]), r"grid must hold at least two finite times"),
-    (torch.zeros(2, 2), r"grid must be a 1-D tensor"),
-], ids=["start", "end", "zigzag", "short", "2-D"])
+@pytest.mark.parametrize(
+    "grid,match",
+    [
+        (torch.tensor([0.1, 0.5, 1.0]), r"grid must start at t\[0\] = 0.0"),
+        (torch.tensor([0.0, 0.5, 0.9]), r"grid must start at t\[0\] = 0.0 and end at t\[-1\] = 1.0"),
+        (torch.tensor([0.0, 0.6, 0.4, 1.0]), r"grid must be strictly increasing or strictly decreasing"),
+        (torch.tensor([0.0]), r"grid must hold at least two finite times"),
+        (torch.zeros(2, 2), r"grid must be a 1-D tensor"),
+    ],
+    ids=["start", "end", "zigzag", "short", "2-D"],
+)
 def test_bad_grid(grid, match):
     with pytest.raises(ValueError, match=match):
         symode.odeint(decay, Y0, T, method="rk4", options={"grid": grid})
 
 
-@pytest.mark.parametrize("option,value,error,match", [
-    ("first_step", 0.0, ValueError, r"first_step must be positive and finite"),
-    ("first_step", -1e-3, ValueError, r"first_step must be positive and finite"),
-    ("controller", "pid", ValueError, r"controller must be one of \['i', 'pi'\]"),
-    ("safety", 1.5, ValueError, r"safety must be in \(0, 1\]"),
-    ("ifactor", 0.5, ValueError, r"ifactor .* must be > 1"),
-    ("dfactor", 2.0, ValueError, r"dfactor .* must be < 1"),
-    ("max_num_steps", 0, ValueError, r"max_num_steps must be a positive int"),
-    ("max_num_steps", 10.5, ValueError, r"max_num_steps must be a positive int"),
-])
+@pytest.mark.parametrize(
+    "option,value,error,match",
+    [
+        ("first_step", 0.0, ValueError, r"first_step must be positive and finite"),
+        ("first_step", -1e-3, ValueError, r"first_step must be positive and finite"),
+        ("controller", "pid", ValueError, r"controller must be one of \['i', 'pi'\]"),
+        ("safety", 1.5, ValueError, r"safety must be in \(0, 1\]"),
+        ("ifactor", 0.5, ValueError, r"ifactor .* must be > 1"),
+        ("dfactor", 2.0, ValueError, r"dfactor .* must be < 1"),
+        ("max_num_steps", 0, ValueError, r"max_num_steps must be a positive int"),
+        ("max_num_steps", 10.5, ValueError, r"max_num_steps must be a positive int"),
+    ],
+)
 def test_bad_adaptive_option(option, value, error, match):
     with pytest.raises(error, match=match):
         symode.odeint(decay, Y0, T, method="dopri5", options={option: value})
@@ -256,7 +280,9 @@ def test_tolerance_wrong_type(which):
 @pytest.mark.parametrize("which", ["rtol", "atol"])
 def test_tolerance_tensor_does_not_broadcast(which, shape):
     tol = torch.full(shape, 1e-6, dtype=F64)
-    with pytest.raises(ValueError, match=rf"{which} of shape {re_tuple(shape)} does not broadcast to the state's shape \(2,\)"):
+    with pytest.raises(
+        ValueError, match=rf"{which} of shape {re_tuple(shape)} does not broadcast to the state's shape \(2,\)"
+    ):
         symode.odeint(decay, Y0, T, **{which: tol})
 
 
@@ -273,7 +299,9 @@ def test_tuple_tolerance_wrong_length(which):
 @pytest.mark.parametrize("which", ["rtol", "atol"])
 def test_tuple_tolerance_entry_does_not_broadcast(which):
     tol = (torch.full((3,), 1e-6, dtype=F64), 1e-6)
-    with pytest.raises(ValueError, match=rf"{which}\[0\] of shape \(3,\) does not broadcast to the shape \(2,\) of y0\[0\]"):
+    with pytest.raises(
+        ValueError, match=rf"{which}\[0\] of shape \(3,\) does not broadcast to the shape \(2,\) of y0\[0\]"
+    ):
         symode.odeint(pair_decay, (Y0, Y0), T, **{which: tol})
 
 
@@ -355,12 +383,16 @@ def test_gradient_wrong_type():
         symode.odeint(decay, Y0, T, gradient=3)
 
 
-@pytest.mark.parametrize("params,match", [
-    ([1.0], r"adjoint_params\[0\] must be a tensor, got float"),
-    ((torch.ones(2), "w"), r"adjoint_params\[1\] must be a tensor, got str"),
-    ([np.ones(2)], r"adjoint_params\[0\] must be a tensor, got ndarray"),
-    (3.0, r"adjoint_params must be a sequence of tensors"),
-], ids=["float", "str", "ndarray", "scalar"])
+@pytest.mark.parametrize(
+    "params,match",
+    [
+        ([1.0], r"adjoint_params\[0\] must be a tensor, got float"),
+        ((torch.ones(2), "w"), r"adjoint_params\[1\] must be a tensor, got str"),
+        ([np.ones(2)], r"adjoint_params\[0\] must be a tensor, got ndarray"),
+        (3.0, r"adjoint_params must be a sequence of tensors"),
+    ],
+    ids=["float", "str", "ndarray", "scalar"],
+)
 @pytest.mark.parametrize("gradient", ["backprop", "symplectic_adjoint"])
 def test_adjoint_params_not_tensors(params, match, gradient):
     with pytest.raises(TypeError, match=match):
@@ -375,8 +407,14 @@ def test_adjoint_params_not_tensors(params, match, gradient):
 def test_blow_up_adaptive(method):
     # y' = y^2, y(0) = 1 has y = 1 / (1 - t): it blows up at t = 1
     with pytest.raises(symode.SolveError, match=r"step size underflow .* at t = .*accepted") as info:
-        symode.odeint(lambda t, y: y * y, torch.ones(1, dtype=F64), torch.tensor([0.0, 2.0], dtype=F64),
-                      method=method, rtol=1e-3, atol=1e-6)
+        symode.odeint(
+            lambda t, y: y * y,
+            torch.ones(1, dtype=F64),
+            torch.tensor([0.0, 2.0], dtype=F64),
+            method=method,
+            rtol=1e-3,
+            atol=1e-6,
+        )
     err = info.value
     assert isinstance(err, RuntimeError)
     assert abs(err.t - 1.0) < 0.1, err.t  # fehlberg2's weak estimate gets to ~1.05
@@ -389,8 +427,13 @@ def test_blow_up_adaptive(method):
 def test_blow_up_fixed_steps(method):
     # the state overflows to inf (then nan) long before t = 5; the solve says so
     with pytest.raises(symode.SolveError, match=r"non-finite \(inf or nan\) by t = 5.0") as info:
-        symode.odeint(lambda t, y: y * y, torch.ones(1, dtype=F64), torch.tensor([0.0, 5.0], dtype=F64),
-                      method=method, options={"step_size": 0.1})
+        symode.odeint(
+            lambda t, y: y * y,
+            torch.ones(1, dtype=F64),
+            torch.tensor([0.0, 5.0], dtype=F64),
+            method=method,
+            options={"step_size": 0.1},
+        )
     assert info.value.t == 5.0
     assert info.value.num_steps == 50
 
@@ -404,16 +447,31 @@ def test_blow_up_fixed_steps_reports_the_first_bad_output_time():
 def test_unstable_fixed_steps_overflow():
     # a stiff linear problem with a step far outside the stability region overflows
     with pytest.raises(symode.SolveError, match=r"non-finite.*smaller step_size"):
-        symode.odeint(lambda t, y: -1000.0 * y, torch.ones(2, dtype=F64), torch.tensor([0.0, 10.0], dtype=F64),
-                      method="rk4", options={"step_size": 0.1})
+        symode.odeint(
+            lambda t, y: -1000.0 * y,
+            torch.ones(2, dtype=F64),
+            torch.tensor([0.0, 10.0], dtype=F64),
+            method="rk4",
+            options={"step_size": 0.1},
+        )
 
 
 @pytest.mark.parametrize("method", ADAPTIVE_METHODS)
 def test_max_num_steps_too_small(method):
-    with pytest.raises(symode.SolveError, match=r"reached max_num_steps = 3 at t = .* accepted, .* rejected steps\) "
-                                                r"before t = 1.0.*max_num_steps") as info:
-        symode.odeint(lambda t, y: torch.cos(10 * t) * y, torch.ones(1, dtype=F64), torch.tensor([0.0, 1.0], dtype=F64),
-                      method=method, rtol=1e-8, atol=1e-10, options={"max_num_steps": 3})
+    with pytest.raises(
+        symode.SolveError,
+        match=r"reached max_num_steps = 3 at t = .* accepted, .* rejected steps\) "
+        r"before t = 1.0.*max_num_steps",
+    ) as info:
+        symode.odeint(
+            lambda t, y: torch.cos(10 * t) * y,
+            torch.ones(1, dtype=F64),
+            torch.tensor([0.0, 1.0], dtype=F64),
+            method=method,
+            rtol=1e-8,
+            atol=1e-10,
+            options={"max_num_steps": 3},
+        )
     assert 0.0 < info.value.t < 1.0
     assert math.isfinite(info.value.t)
 

@@ -14,8 +14,12 @@ from fields import CNF, Field
 from symode.gradients import GRADIENT_METHODS
 
 #: every configuration of every exact method but the reference
-EXACT = [method for name, cls in sorted(GRADIENT_METHODS.items()) if cls.exact and name != "backprop"
-         for method in cls.configurations()]
+EXACT = [
+    method
+    for name, cls in sorted(GRADIENT_METHODS.items())
+    if cls.exact and name != "backprop"
+    for method in cls.configurations()
+]
 TABLEAUS = sorted({tab.name: tab for tab in symode.TABLEAUS.values()})
 ADAPTIVE = [name for name in TABLEAUS if symode.TABLEAUS[name].adaptive]
 
@@ -47,7 +51,7 @@ def gradients(func, y0, t, method, steps, gradient, weights):
     leaves += [t] if t.requires_grad else []
     sol = symode.solve(func, y0, t, method=method, steps=steps, gradient=gradient)
     ys = [sol.ys] if isinstance(sol.ys, torch.Tensor) else list(sol.ys)
-    loss = sum((w * (y ** 2)).sum() for w, y in zip(weights, ys))
+    loss = sum((w * (y**2)).sum() for w, y in zip(weights, ys))
     grads = torch.autograd.grad(loss, leaves + list(func.parameters()))
     return torch.cat([g.reshape(-1) for g in grads]), sol
 
@@ -65,8 +69,10 @@ def check_against_backprop(func, y0, t, method, steps, gradient, tol):
     ref, ref_sol = gradients(func, y0, t, method, steps, "backprop", weights)
     got, sol = gradients(func, y0, t, method, steps, gradient, weights)
     assert torch.equal(sol.grid, ref_sol.grid), "the two solves took different steps"
-    for a, b in zip([sol.ys] if isinstance(sol.ys, torch.Tensor) else sol.ys,
-                    [ref_sol.ys] if isinstance(ref_sol.ys, torch.Tensor) else ref_sol.ys):
+    for a, b in zip(
+        [sol.ys] if isinstance(sol.ys, torch.Tensor) else sol.ys,
+        [ref_sol.ys] if isinstance(ref_sol.ys, torch.Tensor) else ref_sol.ys,
+    ):
         assert torch.equal(a, b), "forward solutions differ"
     assert relative_difference(got, ref) <= tol
     return sol
@@ -106,11 +112,14 @@ def test_exact_gradients_float32(method, gradient):
     check_against_backprop(func, y0, t, method, steps_for(method, kind, torch.float32), gradient, 1e-5)
 
 
-@pytest.mark.parametrize("gradient", [symode.Backprop()] + EXACT, ids=repr)
-@pytest.mark.parametrize("method,steps", [
-    ("rk4", symode.FixedSteps(step_size=0.25)),
-    ("dopri5", symode.AdaptiveSteps(rtol=1e-5, atol=1e-5, first_step=0.2)),
-])
+@pytest.mark.parametrize("gradient", [symode.Backprop(), *EXACT], ids=repr)
+@pytest.mark.parametrize(
+    "method,steps",
+    [
+        ("rk4", symode.FixedSteps(step_size=0.25)),
+        ("dopri5", symode.AdaptiveSteps(rtol=1e-5, atol=1e-5, first_step=0.2)),
+    ],
+)
 def test_gradcheck(method, steps, gradient):
     """Against finite differences (first_step fixed so that the grid does not move with y0)."""
     func = Field(dim=2, hidden=4)
@@ -126,9 +135,9 @@ def test_gradcheck(method, steps, gradient):
         def f(t, y):
             ty = torch.cat([y, t.reshape(1)])
             return torch.tanh(ty @ ps[0] + ps[1]) @ ps[2] - 0.1 * y
+
         fixed = symode.FixedSteps(grid=grid)  # freeze the grid of the unperturbed solve
-        return symode.solve(f, y0, t, method=method, steps=fixed, gradient=gradient,
-                            adjoint_params=ps).ys
+        return symode.solve(f, y0, t, method=method, steps=fixed, gradient=gradient, adjoint_params=ps).ys
 
     inputs = (y0, *[p.detach().clone().requires_grad_(True) for p in params])
     assert torch.autograd.gradcheck(run, inputs, eps=1e-6, atol=1e-7, rtol=1e-6)
@@ -142,11 +151,10 @@ def test_vector_field_that_calls_autograd(gradient):
     z0 = torch.randn(5, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(6), requires_grad=True)
     logp0 = torch.zeros(5, dtype=torch.float64)
     t = torch.tensor([0.0, 1.0], dtype=torch.float64)
-    check_against_backprop(CNF(), (z0, logp0), t, "dopri5", symode.AdaptiveSteps(rtol=1e-6, atol=1e-6),
-                           gradient, 1e-12)
+    check_against_backprop(CNF(), (z0, logp0), t, "dopri5", symode.AdaptiveSteps(rtol=1e-6, atol=1e-6), gradient, 1e-12)
 
 
-@pytest.mark.parametrize("gradient", [symode.Backprop()] + EXACT, ids=repr)
+@pytest.mark.parametrize("gradient", [symode.Backprop(), *EXACT], ids=repr)
 def test_unused_parameter_gets_zero_gradient(gradient):
     func = Field()
     func.unused = torch.nn.Parameter(torch.ones(3, dtype=torch.float64))
@@ -169,11 +177,9 @@ def test_closure_over_tensors_is_not_silently_ignored(gradient):
 
     with pytest.raises(ValueError, match="adjoint_params"):
         symode.odeint(f, y0, t, method="rk4", options={"step_size": 0.1}, gradient=gradient)
-    ys = symode.odeint(f, y0, t, method="rk4", options={"step_size": 0.1}, gradient=gradient,
-                       adjoint_params=(weight,))
+    ys = symode.odeint(f, y0, t, method="rk4", options={"step_size": 0.1}, gradient=gradient, adjoint_params=(weight,))
     got = torch.autograd.grad(ys[-1].sum(), (y0, weight))
-    ref = torch.autograd.grad(
-        symode.odeint(f, y0, t, method="rk4", options={"step_size": 0.1})[-1].sum(), (y0, weight))
+    ref = torch.autograd.grad(symode.odeint(f, y0, t, method="rk4", options={"step_size": 0.1})[-1].sum(), (y0, weight))
     for g, r in zip(got, ref):
         assert relative_difference(g, r) <= 1e-13
 
@@ -264,8 +270,11 @@ def test_memory_cap_recomputes_the_forward_states_exactly():
     y0 = torch.randn(2, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0), requires_grad=True)
     t = torch.tensor([0.0, 0.5, 2.0], dtype=torch.float64)
     grads = []
-    for gradient in (symode.SymplecticAdjoint(), symode.SymplecticAdjoint(max_checkpoints=1),
-                     symode.SymplecticAdjoint(max_checkpoints=0)):
+    for gradient in (
+        symode.SymplecticAdjoint(),
+        symode.SymplecticAdjoint(max_checkpoints=1),
+        symode.SymplecticAdjoint(max_checkpoints=0),
+    ):
         ys = symode.odeint(func, y0, t, rtol=1e-8, atol=1e-8, gradient=gradient)
         grads.append(torch.autograd.grad(ys.pow(2).sum(), (y0, *func.parameters())))
     for other in grads[1:]:
@@ -294,7 +303,7 @@ def test_time_gradient_of_backprop_against_finite_differences(method):
 
     def loss(t):
         ys = symode.solve(func, y0, t, method=method, steps=steps).ys
-        return (weights * ys ** 2).sum()
+        return (weights * ys**2).sum()
 
     t = torch.tensor([0.05, 0.43, 0.61, 1.27], dtype=torch.float64, requires_grad=True)
     grad = torch.autograd.grad(loss(t), t)[0]
@@ -305,7 +314,7 @@ def test_time_gradient_of_backprop_against_finite_differences(method):
     assert grad.abs().min() > 1e-3  # every output time matters
 
 
-@pytest.mark.parametrize("gradient", [symode.Backprop()] + EXACT, ids=repr)
+@pytest.mark.parametrize("gradient", [symode.Backprop(), *EXACT], ids=repr)
 def test_time_carriers_do_not_change_the_solution(gradient):
     func = Field()
     y0 = torch.randn(2, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1), requires_grad=True)
@@ -318,17 +327,23 @@ def test_time_carriers_do_not_change_the_solution(gradient):
 def test_gradcheck_in_time():
     func = Field(dim=2, hidden=4)
     y0 = torch.randn(2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-    for gradient in [symode.Backprop()] + EXACT:
+    for gradient in [symode.Backprop(), *EXACT]:
+
         def run(t):
-            return symode.solve(func, y0, t, method="rk4", steps=symode.FixedSteps(step_size=0.2),
-                                gradient=gradient).ys
+            return symode.solve(func, y0, t, method="rk4", steps=symode.FixedSteps(step_size=0.2), gradient=gradient).ys
+
         t = torch.tensor([0.0, 0.35, 0.9], dtype=torch.float64, requires_grad=True)
         assert torch.autograd.gradcheck(run, (t,), eps=1e-6, atol=1e-7, rtol=1e-6), gradient
 
 
-@pytest.mark.parametrize("name,cls", [("odeint_checkpoint", symode.Checkpoint),
-                                      ("odeint_onecheckpoint", symode.OneCheckpoint),
-                                      ("odeint_symplectic_adjoint", symode.SymplecticAdjoint)])
+@pytest.mark.parametrize(
+    "name,cls",
+    [
+        ("odeint_checkpoint", symode.Checkpoint),
+        ("odeint_onecheckpoint", symode.OneCheckpoint),
+        ("odeint_symplectic_adjoint", symode.SymplecticAdjoint),
+    ],
+)
 def test_authors_function_names(name, cls):
     """The authors' names (torch_symplectic_adjoint) are odeint with the matching gradient object."""
     func = Field()

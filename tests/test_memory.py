@@ -23,8 +23,7 @@ import pytest
 import torch
 
 import symode
-from symode.bench import MLPField
-from symode.bench import peak_memory
+from symode.bench import MLPField, peak_memory
 
 DIM, WIDTH, BATCH = 43, 128, 32
 DTYPE = torch.float64
@@ -32,9 +31,9 @@ STEPS = (10, 20, 40)
 STAGES = 4  # rk4
 ITEM = 8
 
-STATE = BATCH * DIM * ITEM                  # |y|
-HIDDEN = 4 * BATCH * WIDTH * ITEM           # H: hidden activations saved by one use of f
-ACTIVATIONS = HIDDEN + STATE                # A: ... plus its input
+STATE = BATCH * DIM * ITEM  # |y|
+HIDDEN = 4 * BATCH * WIDTH * ITEM  # H: hidden activations saved by one use of f
+ACTIVATIONS = HIDDEN + STATE  # A: ... plus its input
 
 
 def _iteration(func, y0, t, n_steps, gradient):

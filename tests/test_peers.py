@@ -14,10 +14,9 @@ import torch
 
 import symode
 from fields import CNF, Field
-from symode.bench import peers
-from symode.gradients import GRADIENT_METHODS
-from symode.bench import PROBLEMS, PeerGradient, get_problem, iteration, rel_diffs
+from symode.bench import PROBLEMS, PeerGradient, get_problem, iteration, peers, rel_diffs
 from symode.bench.peers import PEERS, PeerUnsupported
+from symode.gradients import GRADIENT_METHODS
 
 DTYPE = torch.float64
 PEER_MODULES = ("torchdiffeq", "TorchDiffEqPack", "torchode", "torch_symplectic_adjoint")
@@ -29,10 +28,21 @@ H = 1 / 16
 # --------------------------------------------------------------------------------------
 # the registry, without any peer installed
 
+
 def test_registry_is_well_formed():
-    assert {"torchdiffeq:odeint", "torchdiffeq:odeint_adjoint", "torchdiffeqpack:odesolve", "torchdiffeqpack:aca",
-            "torchode:backprop", "torchode:backsolve", "authors:odeint", "authors:odeint_adjoint",
-            "authors:checkpoint", "authors:onecheckpoint", "authors:symplectic_adjoint"} <= set(PEERS)
+    assert {
+        "torchdiffeq:odeint",
+        "torchdiffeq:odeint_adjoint",
+        "torchdiffeqpack:odesolve",
+        "torchdiffeqpack:aca",
+        "torchode:backprop",
+        "torchode:backsolve",
+        "authors:odeint",
+        "authors:odeint_adjoint",
+        "authors:checkpoint",
+        "authors:onecheckpoint",
+        "authors:symplectic_adjoint",
+    } <= set(PEERS)
     for name, peer in PEERS.items():
         assert peer.name == name and name.count(":") == 1
         assert peer.gradient in GRADIENT_METHODS, (name, peer.gradient)
@@ -47,8 +57,7 @@ def test_registry_is_well_formed():
 
 
 def test_importing_peers_imports_no_peer():
-    code = ("import sys, symode.bench.peers, symode; "
-            f"print([m for m in {PEER_MODULES!r} if m in sys.modules])")
+    code = f"import sys, symode.bench.peers, symode; print([m for m in {PEER_MODULES!r} if m in sys.modules])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
@@ -64,8 +73,10 @@ def test_available_reports_missing_peers_with_an_install_hint(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda mod, *a: None if mod in PEER_MODULES else real(mod, *a))
     for name, reason in peers.available().items():
         assert reason.startswith("not installed") and "pip install" in reason, (name, reason)
-    assert "git+https://github.com/tksmatsubara/symplectic-adjoint-method@beta" in peers.available()[
-        "authors:symplectic_adjoint"]
+    assert (
+        "git+https://github.com/tksmatsubara/symplectic-adjoint-method@beta"
+        in peers.available()["authors:symplectic_adjoint"]
+    )
     with pytest.raises(RuntimeError, match="not installed"):
         peers.solve("torchdiffeq:odeint", Field(), torch.zeros(3, dtype=DTYPE), T_FIXED, method="dopri5")
 
@@ -93,6 +104,7 @@ def test_unsupported_configurations_say_why():
 
 # --------------------------------------------------------------------------------------
 # each installed peer against symode
+
 
 def _needs(peer_name):
     peer = PEERS[peer_name]
@@ -146,7 +158,7 @@ def _assert_close(a, b, rtol):
 # fixed steps on the same grid: round-off; adaptive: tight tolerances, different step sequences
 CASES = [
     ("torchdiffeq:odeint", "rk38", H, 1e-12),
-    ("torchdiffeq:odeint", "midpoint", 0.3, 1e-12),   # 0.3 does not divide 0.5: symode's grid via grid_constructor
+    ("torchdiffeq:odeint", "midpoint", 0.3, 1e-12),  # 0.3 does not divide 0.5: symode's grid via grid_constructor
     ("torchdiffeq:odeint", "dopri5", None, 1e-7),
     ("torchdiffeq:odeint", "dopri8", None, 1e-6),  # interpolated outputs: ~1e-7 here
     ("torchdiffeq:odeint_adjoint", "rk38", H, 1e-4),  # continuous adjoint: gradient error of the backward solve
@@ -210,10 +222,22 @@ def test_plain_function_with_adjoint_params():
 
     y0 = torch.linspace(-1.0, 1.0, 3, dtype=DTYPE)
     params = list(module.parameters())
-    ours = torch.autograd.grad(_loss(symode.solve(plain, y0, T_FIXED, method="rk38", steps=symode.FixedSteps(
-        step_size=H), adjoint_params=params).ys), params)
-    theirs = torch.autograd.grad(_loss(peers.solve("torchdiffeq:odeint_adjoint", plain, y0, T_FIXED, method="rk38",
-                                                   step_size=H, adjoint_params=params)), params)
+    ours = torch.autograd.grad(
+        _loss(
+            symode.solve(
+                plain, y0, T_FIXED, method="rk38", steps=symode.FixedSteps(step_size=H), adjoint_params=params
+            ).ys
+        ),
+        params,
+    )
+    theirs = torch.autograd.grad(
+        _loss(
+            peers.solve(
+                "torchdiffeq:odeint_adjoint", plain, y0, T_FIXED, method="rk38", step_size=H, adjoint_params=params
+            )
+        ),
+        params,
+    )
     for a, b in zip(theirs, ours):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
     with pytest.raises(PeerUnsupported, match="adjoint_params"):
@@ -221,10 +245,16 @@ def test_plain_function_with_adjoint_params():
 
 
 # a continuous normalizing flow: a tuple state (z, log p) whose f calls autograd itself
-CNF_CASES = [("torchdiffeq:odeint", "dopri5", None), ("torchdiffeq:odeint_adjoint", "dopri5", None),
-             ("torchdiffeqpack:odesolve", "rk4", H), ("torchdiffeqpack:aca", "dopri5", None),
-             ("torchode:backprop", "dopri5", None), ("torchode:backsolve", "dopri5", None),
-             ("authors:symplectic_adjoint", "dopri5", None), ("authors:checkpoint", "rk4", H)]
+CNF_CASES = [
+    ("torchdiffeq:odeint", "dopri5", None),
+    ("torchdiffeq:odeint_adjoint", "dopri5", None),
+    ("torchdiffeqpack:odesolve", "rk4", H),
+    ("torchdiffeqpack:aca", "dopri5", None),
+    ("torchode:backprop", "dopri5", None),
+    ("torchode:backsolve", "dopri5", None),
+    ("authors:symplectic_adjoint", "dopri5", None),
+    ("authors:checkpoint", "rk4", H),
+]
 
 
 @pytest.mark.parametrize("name, method, step_size", CNF_CASES, ids=lambda v: str(v))
@@ -235,6 +265,7 @@ def test_tuple_state(name, method, step_size):
 
     def y0():
         return (z.clone().requires_grad_(True), torch.zeros(5, dtype=DTYPE, requires_grad=True))
+
     ours = _grads(_symode(method, step_size=step_size, rtol=1e-9, atol=1e-10), CNF, y0())
     theirs = _grads(_peer(name, method, step_size=step_size, rtol=1e-9, atol=1e-10), CNF, y0())
     assert isinstance(theirs[0], tuple) and theirs[0][0].shape == (3, 5, 3) and theirs[0][1].shape == (3, 5)
@@ -249,6 +280,7 @@ def test_float32_state(name):
 
     def make_field():
         return Field(dtype=torch.float32)
+
     y0 = torch.linspace(-1.0, 1.0, 6).reshape(2, 3).requires_grad_(True)
     ours = _grads(_symode("dopri5", rtol=1e-6, atol=1e-8, t=t), make_field, y0)
     theirs = _grads(_peer(name, "dopri5", rtol=1e-6, atol=1e-8, t=t), make_field, y0)
@@ -258,6 +290,7 @@ def test_float32_state(name):
 
 # --------------------------------------------------------------------------------------
 # every installed peer on every bench problem, through the bench's own path
+
 
 @pytest.mark.slow
 @pytest.mark.parametrize("problem", sorted(PROBLEMS))

@@ -27,11 +27,14 @@ def _rel(a, b):
 
 def test_registry_holds_the_papers_configurations():
     assert list(PROBLEMS) == ["power", "gas", "hepmass", "miniboone", "bsds300", "mlp"]
-    shapes = {name: (s.dim, s.blocks, s.layers, s.width, s.activation) for name, s in PROBLEMS.items()
-              if name != "mlp"}
-    assert shapes == {"power": (6, 5, 3, 60, "tanh"), "gas": (8, 5, 3, 160, "tanh"),
-                      "hepmass": (21, 10, 2, 210, "softplus"), "miniboone": (43, 1, 2, 860, "softplus"),
-                      "bsds300": (63, 2, 3, 1260, "tanh")}
+    shapes = {name: (s.dim, s.blocks, s.layers, s.width, s.activation) for name, s in PROBLEMS.items() if name != "mlp"}
+    assert shapes == {
+        "power": (6, 5, 3, 60, "tanh"),
+        "gas": (8, 5, 3, 160, "tanh"),
+        "hepmass": (21, 10, 2, 210, "softplus"),
+        "miniboone": (43, 1, 2, 860, "softplus"),
+        "bsds300": (63, 2, 3, 1260, "tanh"),
+    }
 
 
 def test_miniboone_at_full_size():
@@ -112,6 +115,7 @@ def test_blocks_chain():
     z, logp, stats = p.flow("backprop", "dopri5", STEPS)
     # by hand: each block starts from the previous block's (z, log p)
     from symode import solve
+
     zh, lh = p.data, torch.zeros(3, dtype=torch.float64)
     for block in p.modules:
         zs, ls = solve(block, (zh, lh), p.t, steps=STEPS).ys

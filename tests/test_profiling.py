@@ -1,11 +1,13 @@
 """Tests for symode.bench.memory.peak_memory (CPU profiler path; CUDA path when a GPU exists)."""
 
+import dataclasses
+
 import pytest
 import torch
 import torch.utils.checkpoint
 
-from symode.bench.memory import MemoryResult, TESTED_TORCH_VERSION, peak_memory
 from symode.bench import memory as profiling
+from symode.bench.memory import TESTED_TORCH_VERSION, MemoryResult, peak_memory
 
 MiB = 2**20
 
@@ -38,7 +40,7 @@ def test_odd_size_is_exact_and_kwargs_are_passed():
 def test_result_is_frozen():
     r = peak_memory(lambda: None)
     assert r.peak_bytes == 0 and r.result is None
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         r.peak_bytes = 1
 
 

@@ -32,8 +32,14 @@ F64 = torch.float64
 # without error estimate skips a stage; in the catalogue only FSAL tableaus have such a stage,
 # and those evaluate it anyway.
 ERROR_STAGE = ButcherTableau(
-    "midpoint_kutta3", c=(0, Fraction(1, 2), 1), a=((), (Fraction(1, 2),), (-1, 2)), b=(0, 1, 0), order=2,
-    b_err=(-Fraction(1, 6), Fraction(1, 3), -Fraction(1, 6)), error_order=3)
+    "midpoint_kutta3",
+    c=(0, Fraction(1, 2), 1),
+    a=((), (Fraction(1, 2),), (-1, 2)),
+    b=(0, 1, 0),
+    order=2,
+    b_err=(-Fraction(1, 6), Fraction(1, 3), -Fraction(1, 6)),
+    error_order=3,
+)
 CASES = {**TABLEAUS, ERROR_STAGE.name: ERROR_STAGE}
 NAMES = list(CASES)
 ADAPTIVE = [name for name, tab in CASES.items() if tab.adaptive]
@@ -48,7 +54,7 @@ PAIR_IDS = ["forward", "backward"]
 REL = 1e-14  # agreement of the step's arithmetic with the independent numpy recomputation
 
 _gen = torch.Generator().manual_seed(1234)
-A = (0.5 * torch.randn(3, 3, generator=_gen, dtype=F64))
+A = 0.5 * torch.randn(3, 3, generator=_gen, dtype=F64)
 A_NP = A.numpy().copy()
 Y0 = torch.tensor([1.0, -0.5, 2.0], dtype=F64)
 
@@ -56,7 +62,7 @@ Y0 = torch.tensor([1.0, -0.5, 2.0], dtype=F64)
 class RecordingField:
     """``f(t, y) = A y + t``, recording every ``(float(t), y.clone())`` it is called with."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.calls: list[tuple[float, torch.Tensor]] = []
 
     def __call__(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -91,16 +97,16 @@ def reference_step(tableau: ButcherTableau, t: float, t_next: float, y: torch.Te
     b = np.array(tableau.b, dtype=np.float64)
     c = np.array(tableau.c, dtype=np.float64)
     h = t_next - t
-    y = y.numpy()
-    Y = np.zeros((s, y.size))
-    K = np.zeros((s, y.size))
+    y_np = y.numpy()
+    Y = np.zeros((s, y_np.size))
+    K = np.zeros((s, y_np.size))
     for i in range(s):
-        Y[i] = y + h * (a[i, :i] @ K[:i])
+        Y[i] = y_np + h * (a[i, :i] @ K[:i])
         K[i] = A_NP @ Y[i] + (t + c[i] * h)
-    y_next = y + h * (b @ K)
+    y_next = y_np + h * (b @ K)
     # the size of the terms summed: the scale that rounding is relative to
-    stage_scale = np.abs(y) + abs(h) * (np.abs(a) @ np.abs(K))
-    sol_scale = np.abs(y) + abs(h) * (np.abs(b) @ np.abs(K))
+    stage_scale = np.abs(y_np) + abs(h) * (np.abs(a) @ np.abs(K))
+    sol_scale = np.abs(y_np) + abs(h) * (np.abs(b) @ np.abs(K))
     err = err_scale = None
     if tableau.adaptive:
         b_err = np.array(tableau.b_err, dtype=np.float64)
@@ -110,10 +116,10 @@ def reference_step(tableau: ButcherTableau, t: float, t_next: float, y: torch.Te
 
 
 def assert_close(actual: torch.Tensor, expected: np.ndarray, scale: np.ndarray, what: str) -> None:
-    actual = actual.detach().numpy()
+    actual_np = actual.detach().numpy()
     bound = REL * (np.max(scale) + 1e-300)
-    diff = np.max(np.abs(actual - expected))
-    assert diff <= bound, f"{what}: |difference| {diff:.3g} > {bound:.3g}\n{actual}\nvs\n{expected}"
+    diff = np.max(np.abs(actual_np - expected))
+    assert diff <= bound, f"{what}: |difference| {diff:.3g} > {bound:.3g}\n{actual_np}\nvs\n{expected}"
 
 
 def default_stages(tableau: ButcherTableau, with_error: bool) -> list[int]:
@@ -191,8 +197,11 @@ def test_without_error_evaluates_only_the_solution_stages(name):
         assert all(tableau.a[j][i] == 0.0 for j in stages)
 
 
-@pytest.mark.parametrize("name,with_error", [(n, False) for n in NAMES] + [(n, True) for n in ADAPTIVE],
-                         ids=[f"{n}-no_error" for n in NAMES] + [f"{n}-with_error" for n in ADAPTIVE])
+@pytest.mark.parametrize(
+    "name,with_error",
+    [(n, False) for n in NAMES] + [(n, True) for n in ADAPTIVE],
+    ids=[f"{n}-no_error" for n in NAMES] + [f"{n}-with_error" for n in ADAPTIVE],
+)
 def test_given_k1_skips_the_first_evaluation(name, with_error):
     tableau = CASES[name]
     t, t_next = PAIRS[0]
@@ -343,8 +352,12 @@ def test_combine_random_weights(seed):
     assert_close(combine(y, h, form, ks_given), y.numpy() + increment, scale, "combine(y, ...)")
     assert_close(combine(None, h, form, ks_given), increment, scale, "combine(None, ...)")
     # h as a 0-dim tensor (a compiled step) gives the same values
-    assert_close(combine(y, torch.tensor(h, dtype=F64), form, ks_given), y.numpy() + increment, scale,
-                 "combine(y, tensor h, ...)")
+    assert_close(
+        combine(y, torch.tensor(h, dtype=F64), form, ks_given),
+        y.numpy() + increment,
+        scale,
+        "combine(y, tensor h, ...)",
+    )
 
 
 def test_combine_with_a_tableau_b_sum():

@@ -11,17 +11,16 @@ from __future__ import annotations
 import dataclasses
 import math
 from fractions import Fraction
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 import pytest
 
-from symode import TABLEAUS, get_tableau
-from symode import ButcherTableau
+from symode import TABLEAUS, ButcherTableau, get_tableau
 
 FSAL_METHODS = {"bosh3", "dopri5", "tsit5"}
-ORDER_TOL = 1e-12       # an order condition holds
-VIOLATION_MIN = 1e-6    # an order condition clearly fails
+ORDER_TOL = 1e-12  # an order condition holds
+VIOLATION_MIN = 1e-6  # an order condition clearly fails
 
 # --------------------------------------------------------------------------------------
 # rooted trees and elementary weights
@@ -34,11 +33,11 @@ def _grow(tree: tuple) -> set[tuple]:
     out = {tuple(sorted(tree + ((),)))}
     for i, child in enumerate(tree):
         for grown in _grow(child):
-            out.add(tuple(sorted(tree[:i] + (grown,) + tree[i + 1:])))
+            out.add(tuple(sorted(tree[:i] + (grown,) + tree[i + 1 :])))
     return out
 
 
-@lru_cache(maxsize=None)
+@cache
 def trees_of_order(n: int) -> tuple[tuple, ...]:
     if n == 1:
         return ((),)
@@ -48,13 +47,13 @@ def trees_of_order(n: int) -> tuple[tuple, ...]:
     return tuple(sorted(found))
 
 
-@lru_cache(maxsize=None)
+@cache
 def gamma(tree: tuple) -> int:
     """The density: ``|t|`` times the densities of the subtrees."""
     return (1 + sum(_size(child) for child in tree)) * math.prod(gamma(child) for child in tree)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _size(tree: tuple) -> int:
     return 1 + sum(_size(child) for child in tree)
 
@@ -90,11 +89,10 @@ def order_residuals(tableau: ButcherTableau, weights, order: int) -> list[float]
     """``max_t |weights . Phi(t) - 1/gamma(t)|`` over the trees of each order 1..order."""
     phi = _weights_for(tableau)
     w = np.array(weights, dtype=np.float64)
-    return [max(abs(float(w @ phi(t)) - 1.0 / gamma(t)) for t in trees_of_order(n))
-            for n in range(1, order + 1)]
+    return [max(abs(float(w @ phi(t)) - 1.0 / gamma(t)) for t in trees_of_order(n)) for n in range(1, order + 1)]
 
 
-@lru_cache(maxsize=None)
+@cache
 def _weights_for(tableau: ButcherTableau) -> _ElementaryWeights:
     return _ElementaryWeights(tableau)  # tableaus are hashable and immutable
 
@@ -139,8 +137,9 @@ def test_embedded_order_is_not_understated(name, tableau):
 
 
 def test_order_checker_detects_a_wrong_weight():
-    bad = ButcherTableau("rk4_bad", c=TABLEAUS["rk4"].c, a=TABLEAUS["rk4"].a,
-                         b=(1 / 6, 1 / 3 + 1e-3, 1 / 3 - 1e-3, 1 / 6), order=4)
+    bad = ButcherTableau(
+        "rk4_bad", c=TABLEAUS["rk4"].c, a=TABLEAUS["rk4"].a, b=(1 / 6, 1 / 3 + 1e-3, 1 / 3 - 1e-3, 1 / 6), order=4
+    )
     residuals = order_residuals(bad, bad.b, 4)
     assert residuals[:2] == pytest.approx([0, 0], abs=1e-15) and residuals[2] > VIOLATION_MIN
 
@@ -149,10 +148,19 @@ def test_order_checker_detects_a_wrong_weight():
 # the catalogue itself
 
 EXPECTED_SHAPE = {  # name: (stages, order, error_order)
-    "euler": (1, 1, None), "midpoint": (2, 2, None), "heun": (2, 2, None),
-    "heun2": (2, 2, None), "ralston": (2, 2, None), "rk4": (4, 4, None),
-    "rk38": (4, 4, None), "adaptive_heun": (2, 2, 1), "fehlberg2": (3, 2, 1),
-    "bosh3": (4, 3, 2), "dopri5": (7, 5, 4), "tsit5": (7, 5, 4), "dopri8": (13, 8, 7),
+    "euler": (1, 1, None),
+    "midpoint": (2, 2, None),
+    "heun": (2, 2, None),
+    "heun2": (2, 2, None),
+    "ralston": (2, 2, None),
+    "rk4": (4, 4, None),
+    "rk38": (4, 4, None),
+    "adaptive_heun": (2, 2, 1),
+    "fehlberg2": (3, 2, 1),
+    "bosh3": (4, 3, 2),
+    "dopri5": (7, 5, 4),
+    "tsit5": (7, 5, 4),
+    "dopri8": (13, 8, 7),
 }
 
 
@@ -180,11 +188,20 @@ def test_specific_coefficients():
     assert _close(TABLEAUS["fehlberg2"].b, [q(1, 512), q(255, 256), q(1, 512)])
     assert _close(TABLEAUS["fehlberg2"].b_err, [q(-1, 512), 0, q(1, 512)])
     # the well-known dopri5 error weights b - b_hat
-    assert _close(TABLEAUS["dopri5"].b_err, [q(71, 57600), 0, q(-71, 16695), q(71, 1920),
-                                             q(-17253, 339200), q(22, 525), q(-1, 40)])
+    assert _close(
+        TABLEAUS["dopri5"].b_err,
+        [q(71, 57600), 0, q(-71, 16695), q(71, 1920), q(-17253, 339200), q(22, 525), q(-1, 40)],
+    )
     # tsit5 error weights b - b_hat to 15 decimals (as in diffrax's Tsit5 b_error)
-    tsit5_err = [0.001780011052226, 0.000816434459657, -0.007880878010262, 0.144711007173263,
-                 -0.582357165452555, 0.458082105929187, -1 / 66]
+    tsit5_err = [
+        0.001780011052226,
+        0.000816434459657,
+        -0.007880878010262,
+        0.144711007173263,
+        -0.582357165452555,
+        0.458082105929187,
+        -1 / 66,
+    ]
     assert np.allclose(TABLEAUS["tsit5"].b_err, tsit5_err, rtol=0, atol=1e-14)
     # dopri8: b vanishes on stages 2-5 (1-based) and the 8th-order weight of stage 13 is 1/4
     d8 = TABLEAUS["dopri8"]
@@ -196,8 +213,7 @@ def test_specific_coefficients():
 
 
 def _expected_fsal(t: ButcherTableau) -> bool:
-    return (t.c[-1] == 1.0 and t.b[-1] == 0.0
-            and list(t.a[-1][:-1]) == list(t.b[:-1]) and t.num_stages > 1)
+    return t.c[-1] == 1.0 and t.b[-1] == 0.0 and list(t.a[-1][:-1]) == list(t.b[:-1]) and t.num_stages > 1
 
 
 @pytest.mark.parametrize("name,tableau", ALL, ids=[n for n, _ in ALL])
@@ -270,8 +286,9 @@ def test_solution_stages_dopri8_and_rk4():
 
 def test_solution_stages_drop_an_unused_stage():
     # stage 2 only feeds the error estimate and stage 1's k is unused by everything
-    t = ButcherTableau("unused", c=(0, 0.5, 1), a=((), (0.5,), (1, 0)), b=(1, 0, 0), order=1,
-                       b_err=(0.5, 0, -0.5), error_order=1)
+    t = ButcherTableau(
+        "unused", c=(0, 0.5, 1), a=((), (0.5,), (1, 0)), b=(1, 0, 0), order=1, b_err=(0.5, 0, -0.5), error_order=1
+    )
     assert t.solution_stages == (0,)
 
 
@@ -280,8 +297,7 @@ def test_solution_stages_drop_an_unused_stage():
 
 
 def _heun_pair(**changes):
-    kwargs = dict(name="pair", c=(0, 1), a=((), (1,)), b=(0.5, 0.5), order=2,
-                  b_err=(-0.5, 0.5), error_order=1)
+    kwargs = dict(name="pair", c=(0, 1), a=((), (1,)), b=(0.5, 0.5), order=2, b_err=(-0.5, 0.5), error_order=1)
     kwargs.update(changes)
     return ButcherTableau(**kwargs)
 
@@ -295,37 +311,48 @@ def test_valid_inputs_are_accepted():
     assert exact == t and all(type(x) is float for x in exact.b)
 
 
-@pytest.mark.parametrize("changes, match", [
-    (dict(c=(0, 0.9)), "row 1 of a sums to"),
-    (dict(b=(0.5, 0.6)), "sum to"),
-    (dict(b_err=(0.5, 0.5)), "b_err sums to"),
-    (dict(b_err=(0.0, 0.0)), "all zeros"),
-    (dict(a=((0, 1), (1, 0)), c=(1, 1)), "on or above the diagonal"),
-    (dict(a=((0, 0), (0.5, 0.5))), "on or above the diagonal"),
-    (dict(b=(1.0,)), "b has 1 entries"),
-    (dict(b=(0.5, 0.25, 0.25)), "b has 3 entries"),
-    (dict(a=((), (1,), (1, 0))), "rows"),
-    (dict(a=((), (0.5, 0.5, 0))), r"a\[1\] has 3 entries"),
-    (dict(b_err=(-0.5, 0.5, 0.0)), "b_err has 3 entries"),
-    (dict(error_order=None), "error_order"),
-    (dict(b_err=None), "error_order given without b_err"),
-    (dict(order=0), "order"),
-    (dict(order=True), "order"),
-    (dict(c=()), "empty"),
-    (dict(c=(float("nan"), 1)), "finite"),
-    (dict(a=((), (float("inf"),))), "finite"),
-    (dict(b=(0.5, float("nan"))), "finite"),
-    (dict(b_err=(-0.5, float("inf"))), "finite"),
-])
+@pytest.mark.parametrize(
+    "changes, match",
+    [
+        (dict(c=(0, 0.9)), "row 1 of a sums to"),
+        (dict(b=(0.5, 0.6)), "sum to"),
+        (dict(b_err=(0.5, 0.5)), "b_err sums to"),
+        (dict(b_err=(0.0, 0.0)), "all zeros"),
+        (dict(a=((0, 1), (1, 0)), c=(1, 1)), "on or above the diagonal"),
+        (dict(a=((0, 0), (0.5, 0.5))), "on or above the diagonal"),
+        (dict(b=(1.0,)), "b has 1 entries"),
+        (dict(b=(0.5, 0.25, 0.25)), "b has 3 entries"),
+        (dict(a=((), (1,), (1, 0))), "rows"),
+        (dict(a=((), (0.5, 0.5, 0))), r"a\[1\] has 3 entries"),
+        (dict(b_err=(-0.5, 0.5, 0.0)), "b_err has 3 entries"),
+        (dict(error_order=None), "error_order"),
+        (dict(b_err=None), "error_order given without b_err"),
+        (dict(order=0), "order"),
+        (dict(order=True), "order"),
+        (dict(c=()), "empty"),
+        (dict(c=(float("nan"), 1)), "finite"),
+        (dict(a=((), (float("inf"),))), "finite"),
+        (dict(b=(0.5, float("nan"))), "finite"),
+        (dict(b_err=(-0.5, float("inf"))), "finite"),
+    ],
+)
 def test_invalid_inputs_raise_value_error(changes, match):
     with pytest.raises(ValueError, match=match):
         _heun_pair(**changes)
 
 
-@pytest.mark.parametrize("changes", [
-    dict(name=""), dict(name=3), dict(c=5), dict(b=None), dict(b=(0.5, None)),
-    dict(a=((), (object(),))), dict(b_err="ab"),
-])
+@pytest.mark.parametrize(
+    "changes",
+    [
+        dict(name=""),
+        dict(name=3),
+        dict(c=5),
+        dict(b=None),
+        dict(b=(0.5, None)),
+        dict(a=((), (object(),))),
+        dict(b_err="ab"),
+    ],
+)
 def test_invalid_types_raise_type_error(changes):
     with pytest.raises(TypeError):
         _heun_pair(**changes)

@@ -42,7 +42,7 @@ class StubStep:
     ``ScriptDone``); ``bad(t, t_next)`` says whether ``y_next`` is made non-finite.
     """
 
-    def __init__(self, tableau, ratio=None, bad=None):
+    def __init__(self, tableau, ratio=None, bad=None) -> None:
         self.s = tableau.num_stages
         self.ratio = ratio
         self.bad = bad
@@ -82,8 +82,7 @@ class RecordingRhs:
 def run(tableau, t_out, steps, stub, *, stats=None, keep_states=False, **kw):
     rhs = RecordingRhs()
     tol = TOL if isinstance(steps, AdaptiveSteps) else {}
-    traj = integrate(rhs, Y0, t_out, tableau, steps, step=stub, stats=stats, keep_states=keep_states,
-                     **tol, **kw)
+    traj = integrate(rhs, Y0, t_out, tableau, steps, step=stub, stats=stats, keep_states=keep_states, **tol, **kw)
     return traj, rhs
 
 
@@ -182,11 +181,14 @@ def test_fixed_step_size_absorbs_a_sliver(end, num_steps):
     assert traj.grid[-1] == end
 
 
-@pytest.mark.parametrize("grid,t_out,points", [
-    ((0.0, 0.2, 0.7, 1.0), [0.0, 0.5, 1.0], [0.0, 0.2, 0.5, 0.7, 1.0]),
-    ((0.0, 0.5, 1.0), [0.0, 0.5, 1.0], [0.0, 0.5, 1.0]),
-    ((1.0, 0.6, 0.0), [1.0, 0.3, 0.0], [1.0, 0.6, 0.3, 0.0]),
-])
+@pytest.mark.parametrize(
+    "grid,t_out,points",
+    [
+        ((0.0, 0.2, 0.7, 1.0), [0.0, 0.5, 1.0], [0.0, 0.2, 0.5, 0.7, 1.0]),
+        ((0.0, 0.5, 1.0), [0.0, 0.5, 1.0], [0.0, 0.5, 1.0]),
+        ((1.0, 0.6, 0.0), [1.0, 0.3, 0.0], [1.0, 0.6, 0.3, 0.0]),
+    ],
+)
 def test_fixed_grid_adds_the_output_times(grid, t_out, points):
     index = [points.index(t) for t in t_out]
     traj, _ = check_fixed_run(symode.TABLEAUS["bosh3"], t_out, FixedSteps(grid=grid), points, index)
@@ -211,6 +213,7 @@ def expected_tries(t0, target, direction, steps: AdaptiveSteps, k, ratios):
     Returns ``(t, t_next, accepted)`` per try and the ``(t, t_next)`` of the try after them."""
     icoeff, pcoeff = GAINS[steps.controller]
     t, h = t0, steps.first_step
+    assert h is not None  # the scenarios give first_step
     prev, after_reject = 1.0, False
     tries = []
     for r in ratios:
@@ -317,6 +320,7 @@ def expected_clipped_run(t_out, steps: AdaptiveSteps, k, r):
     direction = 1.0 if t_out[-1] > t_out[0] else -1.0
     f = min(steps.ifactor, max(steps.dfactor, steps.safety * r ** (-1.0 / k)))
     t, h = t_out[0], steps.first_step
+    assert h is not None  # the scenarios give first_step
     tries = []
     for target in t_out[1:]:
         while t != target:
@@ -333,15 +337,18 @@ def expected_clipped_run(t_out, steps: AdaptiveSteps, k, r):
     return tries
 
 
-@pytest.mark.parametrize("t_out,first_step", [
-    ([0.0, 1.0], 1.5),      # would overshoot
-    ([0.0, 1.0], 0.995),    # would end within 1% of h before the output time
-    ([0.0, 1.0], 0.98),     # ends 2% before it: not clipped, the next step is
-    ([1.0, 0.0], 0.995),    # the same, backwards
-    ([0.0, 0.5, 1.0], 0.3),
-    ([0.0, 0.1, 0.15, 0.7, 3.0], 0.05),
-    ([2.0, 1.9, 0.3, -0.4], 0.07),
-])
+@pytest.mark.parametrize(
+    "t_out,first_step",
+    [
+        ([0.0, 1.0], 1.5),  # would overshoot
+        ([0.0, 1.0], 0.995),  # would end within 1% of h before the output time
+        ([0.0, 1.0], 0.98),  # ends 2% before it: not clipped, the next step is
+        ([1.0, 0.0], 0.995),  # the same, backwards
+        ([0.0, 0.5, 1.0], 0.3),
+        ([0.0, 0.1, 0.15, 0.7, 3.0], 0.05),
+        ([2.0, 1.9, 0.3, -0.4], 0.07),
+    ],
+)
 def test_adaptive_steps_end_exactly_on_output_times(t_out, first_step):
     tableau = symode.TABLEAUS["bosh3"]
     steps = AdaptiveSteps(first_step=first_step)
@@ -455,6 +462,14 @@ def test_adaptive_steps_need_an_error_estimate_and_tolerances():
         run(symode.TABLEAUS["rk4"], [0.0, 1.0], AdaptiveSteps(first_step=0.1), stub)
     stub = StubStep(symode.TABLEAUS["bosh3"], ratio=[0.5])
     with pytest.raises(ValueError, match="rtol, atol and norm"):
-        integrate(RecordingRhs(), Y0, [0.0, 1.0], symode.TABLEAUS["bosh3"], AdaptiveSteps(first_step=0.1),
-                  step=stub, rtol=1e-6, atol=1e-6)
+        integrate(
+            RecordingRhs(),
+            Y0,
+            [0.0, 1.0],
+            symode.TABLEAUS["bosh3"],
+            AdaptiveSteps(first_step=0.1),
+            step=stub,
+            rtol=1e-6,
+            atol=1e-6,
+        )
     assert stub.tries == []

@@ -8,16 +8,21 @@ The public API is what this module exports (``__all__``) and the subpackages
 
 from importlib.metadata import PackageNotFoundError, version
 
-from ._compat import (make_steps, odeint, odeint_adjoint, odeint_checkpoint, odeint_onecheckpoint,
-                      odeint_symplectic_adjoint)
+from ._compat import (
+    make_steps,
+    odeint,
+    odeint_adjoint,
+    odeint_checkpoint,
+    odeint_onecheckpoint,
+    odeint_symplectic_adjoint,
+)
 from ._methods import TABLEAUS, get_tableau
 from ._solve import Solution, solve
 from ._state import StateLayout
 from ._stats import SolveError, Stats
 from ._step_size import DEFAULT_ATOL, DEFAULT_RTOL, AdaptiveSteps, FixedSteps
 from ._tableau import ButcherTableau
-from .gradients import (Backprop, Checkpoint, ContinuousAdjoint, GradientMethod, OneCheckpoint,
-                        SymplecticAdjoint)
+from .gradients import Backprop, Checkpoint, ContinuousAdjoint, GradientMethod, OneCheckpoint, SymplecticAdjoint
 
 try:
     __version__ = version("torch-symode")
@@ -25,9 +30,29 @@ except PackageNotFoundError:  # run from a source tree that was not installed
     __version__ = "0+unknown"
 
 __all__ = [
-    "odeint", "odeint_adjoint", "odeint_checkpoint", "odeint_onecheckpoint", "odeint_symplectic_adjoint",
-    "make_steps", "solve", "Solution", "Stats", "SolveError",
-    "Backprop", "Checkpoint", "OneCheckpoint", "SymplecticAdjoint", "ContinuousAdjoint", "GradientMethod",
-    "FixedSteps", "AdaptiveSteps", "DEFAULT_RTOL", "DEFAULT_ATOL", "ButcherTableau", "TABLEAUS", "get_tableau",
-    "StateLayout", "__version__",
+    "odeint",
+    "odeint_adjoint",
+    "odeint_checkpoint",
+    "odeint_onecheckpoint",
+    "odeint_symplectic_adjoint",
+    "make_steps",
+    "solve",
+    "Solution",
+    "Stats",
+    "SolveError",
+    "Backprop",
+    "Checkpoint",
+    "OneCheckpoint",
+    "SymplecticAdjoint",
+    "ContinuousAdjoint",
+    "GradientMethod",
+    "FixedSteps",
+    "AdaptiveSteps",
+    "DEFAULT_RTOL",
+    "DEFAULT_ATOL",
+    "ButcherTableau",
+    "TABLEAUS",
+    "get_tableau",
+    "StateLayout",
+    "__version__",
 ]

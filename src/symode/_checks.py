@@ -13,8 +13,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["is_real", "check_bool", "positive_float", "optional_positive_float", "positive_int",
-           "non_negative_int"]
+__all__ = ["is_real", "check_bool", "positive_float", "optional_positive_float", "positive_int", "non_negative_int"]
 
 
 def is_real(x: Any) -> bool:

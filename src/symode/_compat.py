@@ -14,7 +14,8 @@ torchdiffeq's ``options`` dict is translated into a step-size rule here, once, b
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 
@@ -25,8 +26,14 @@ from ._step_size import DEFAULT_ATOL, DEFAULT_RTOL, AdaptiveSteps, FixedSteps, T
 from ._tableau import ButcherTableau
 from .gradients import Checkpoint, ContinuousAdjoint, GradientMethod, OneCheckpoint, SymplecticAdjoint
 
-__all__ = ["odeint", "odeint_adjoint", "odeint_checkpoint", "odeint_onecheckpoint", "odeint_symplectic_adjoint",
-           "make_steps"]
+__all__ = [
+    "odeint",
+    "odeint_adjoint",
+    "odeint_checkpoint",
+    "odeint_onecheckpoint",
+    "odeint_symplectic_adjoint",
+    "make_steps",
+]
 
 Method = str | ButcherTableau
 Params = Sequence[torch.Tensor] | None
@@ -35,32 +42,46 @@ _FIXED_OPTIONS = ("step_size", "grid")
 _ADAPTIVE_OPTIONS = ("first_step", "max_num_steps", "controller", "safety", "ifactor", "dfactor")
 
 
-def make_steps(method: Method, rtol: Tolerance, atol: Tolerance,
-               options: Mapping[str, Any] | None) -> FixedSteps | AdaptiveSteps:
+def make_steps(
+    method: Method, rtol: Tolerance, atol: Tolerance, options: Mapping[str, Any] | None
+) -> FixedSteps | AdaptiveSteps:
     """The step-size rule for ``method`` from torchdiffeq-style ``rtol``, ``atol``, ``options``."""
     options = {} if options is None else options
     if not isinstance(options, Mapping):
         raise TypeError(f"options must be a dict, got {type(options).__name__}")
     unknown = sorted(set(options) - set(_FIXED_OPTIONS) - set(_ADAPTIVE_OPTIONS))
     if unknown:
-        raise ValueError(f"unknown option(s) {unknown}; symode's options are {list(_FIXED_OPTIONS)} for fixed "
-                         f"steps and {list(_ADAPTIVE_OPTIONS)} for adaptive steps")
+        raise ValueError(
+            f"unknown option(s) {unknown}; symode's options are {list(_FIXED_OPTIONS)} for fixed "
+            f"steps and {list(_ADAPTIVE_OPTIONS)} for adaptive steps"
+        )
     tableau = get_tableau(method)
     fixed = {k: options[k] for k in _FIXED_OPTIONS if options.get(k) is not None}
     if fixed:
         mixed = sorted(k for k in _ADAPTIVE_OPTIONS if k in options)
         if mixed:
-            raise ValueError(f"option(s) {mixed} apply to adaptive steps, but {sorted(fixed)} asks for fixed steps; "
-                             f"give one or the other")
+            raise ValueError(
+                f"option(s) {mixed} apply to adaptive steps, but {sorted(fixed)} asks for fixed steps; "
+                f"give one or the other"
+            )
         return FixedSteps(**fixed)
     tableau.check_adaptive()
     return AdaptiveSteps(rtol=rtol, atol=atol, **options)
 
 
-def odeint(func: Callable[..., Any], y0: State, t: Any, *, rtol: Tolerance = DEFAULT_RTOL,
-           atol: Tolerance = DEFAULT_ATOL, method: Method = "dopri5", options: Mapping[str, Any] | None = None,
-           gradient: str | GradientMethod = "backprop", adjoint_params: Params = None,
-           compile: bool = False) -> State:
+def odeint(
+    func: Callable[..., Any],
+    y0: State,
+    t: Any,
+    *,
+    rtol: Tolerance = DEFAULT_RTOL,
+    atol: Tolerance = DEFAULT_ATOL,
+    method: Method = "dopri5",
+    options: Mapping[str, Any] | None = None,
+    gradient: str | GradientMethod = "backprop",
+    adjoint_params: Params = None,
+    compile: bool = False,
+) -> State:
     """Solve ``dy/dt = func(t, y)`` from ``y0`` at ``t[0]``; return the states at ``t``
     (shape ``(len(t), *y0.shape)``, or a tuple for a tuple ``y0``).
 
@@ -70,47 +91,112 @@ def odeint(func: Callable[..., Any], y0: State, t: Any, *, rtol: Tolerance = DEF
     this module's docstring for the options.
     """
     steps = make_steps(method, rtol, atol, options)
-    return solve(func, y0, t, method=method, steps=steps, gradient=gradient, adjoint_params=adjoint_params,
-                 compile=compile).ys
+    return solve(
+        func, y0, t, method=method, steps=steps, gradient=gradient, adjoint_params=adjoint_params, compile=compile
+    ).ys
 
 
-def odeint_symplectic_adjoint(func: Callable[..., Any], y0: State, t: Any, *, rtol: Tolerance = DEFAULT_RTOL,
-                              atol: Tolerance = DEFAULT_ATOL, method: Method = "dopri5",
-                              options: Mapping[str, Any] | None = None, adjoint_params: Params = None,
-                              compile: bool = False) -> State:
+def odeint_symplectic_adjoint(
+    func: Callable[..., Any],
+    y0: State,
+    t: Any,
+    *,
+    rtol: Tolerance = DEFAULT_RTOL,
+    atol: Tolerance = DEFAULT_ATOL,
+    method: Method = "dopri5",
+    options: Mapping[str, Any] | None = None,
+    adjoint_params: Params = None,
+    compile: bool = False,
+) -> State:
     """``odeint`` differentiated by the symplectic adjoint method: the exact gradient of the
     solve with memory of the stored states plus one network use (the name and signature of
     the authors' ``torch_symplectic_adjoint``)."""
-    return odeint(func, y0, t, rtol=rtol, atol=atol, method=method, options=options,
-                  gradient=SymplecticAdjoint(), adjoint_params=adjoint_params, compile=compile)
+    return odeint(
+        func,
+        y0,
+        t,
+        rtol=rtol,
+        atol=atol,
+        method=method,
+        options=options,
+        gradient=SymplecticAdjoint(),
+        adjoint_params=adjoint_params,
+        compile=compile,
+    )
 
 
-def odeint_checkpoint(func: Callable[..., Any], y0: State, t: Any, *, rtol: Tolerance = DEFAULT_RTOL,
-                      atol: Tolerance = DEFAULT_ATOL, method: Method = "dopri5",
-                      options: Mapping[str, Any] | None = None, adjoint_params: Params = None,
-                      compile: bool = False) -> State:
+def odeint_checkpoint(
+    func: Callable[..., Any],
+    y0: State,
+    t: Any,
+    *,
+    rtol: Tolerance = DEFAULT_RTOL,
+    atol: Tolerance = DEFAULT_ATOL,
+    method: Method = "dopri5",
+    options: Mapping[str, Any] | None = None,
+    adjoint_params: Params = None,
+    compile: bool = False,
+) -> State:
     """``odeint`` differentiated by checkpointing every accepted step and backpropagating
     through one rebuilt step at a time (ACA; the authors' ``odeint_checkpoint``)."""
-    return odeint(func, y0, t, rtol=rtol, atol=atol, method=method, options=options,
-                  gradient=Checkpoint(), adjoint_params=adjoint_params, compile=compile)
+    return odeint(
+        func,
+        y0,
+        t,
+        rtol=rtol,
+        atol=atol,
+        method=method,
+        options=options,
+        gradient=Checkpoint(),
+        adjoint_params=adjoint_params,
+        compile=compile,
+    )
 
 
-def odeint_onecheckpoint(func: Callable[..., Any], y0: State, t: Any, *, rtol: Tolerance = DEFAULT_RTOL,
-                         atol: Tolerance = DEFAULT_ATOL, method: Method = "dopri5",
-                         options: Mapping[str, Any] | None = None, adjoint_params: Params = None,
-                         compile: bool = False) -> State:
+def odeint_onecheckpoint(
+    func: Callable[..., Any],
+    y0: State,
+    t: Any,
+    *,
+    rtol: Tolerance = DEFAULT_RTOL,
+    atol: Tolerance = DEFAULT_ATOL,
+    method: Method = "dopri5",
+    options: Mapping[str, Any] | None = None,
+    adjoint_params: Params = None,
+    compile: bool = False,
+) -> State:
     """``odeint`` differentiated by storing ``y0`` only and backpropagating through a
     re-run of the whole solve (the authors' ``odeint_onecheckpoint``)."""
-    return odeint(func, y0, t, rtol=rtol, atol=atol, method=method, options=options,
-                  gradient=OneCheckpoint(), adjoint_params=adjoint_params, compile=compile)
+    return odeint(
+        func,
+        y0,
+        t,
+        rtol=rtol,
+        atol=atol,
+        method=method,
+        options=options,
+        gradient=OneCheckpoint(),
+        adjoint_params=adjoint_params,
+        compile=compile,
+    )
 
 
-def odeint_adjoint(func: Callable[..., Any], y0: State, t: Any, *, rtol: Tolerance = DEFAULT_RTOL,
-                   atol: Tolerance = DEFAULT_ATOL, method: Method = "dopri5",
-                   options: Mapping[str, Any] | None = None, adjoint_rtol: Tolerance | None = None,
-                   adjoint_atol: Tolerance | None = None, adjoint_method: Method | None = None,
-                   adjoint_options: Mapping[str, Any] | None = None, adjoint_params: Params = None,
-                   compile: bool = False) -> State:
+def odeint_adjoint(
+    func: Callable[..., Any],
+    y0: State,
+    t: Any,
+    *,
+    rtol: Tolerance = DEFAULT_RTOL,
+    atol: Tolerance = DEFAULT_ATOL,
+    method: Method = "dopri5",
+    options: Mapping[str, Any] | None = None,
+    adjoint_rtol: Tolerance | None = None,
+    adjoint_atol: Tolerance | None = None,
+    adjoint_method: Method | None = None,
+    adjoint_options: Mapping[str, Any] | None = None,
+    adjoint_params: Params = None,
+    compile: bool = False,
+) -> State:
     """``odeint`` differentiated by the continuous adjoint method (torchdiffeq's
     ``odeint_adjoint``): memory independent of the number of steps, a gradient as accurate as
     the backward solve. ``adjoint_rtol``/``adjoint_atol``/``adjoint_method``/``adjoint_options``
@@ -118,15 +204,29 @@ def odeint_adjoint(func: Callable[..., Any], y0: State, t: Any, *, rtol: Toleran
     of ``options`` (translated by :func:`make_steps`; then the tolerances are
     ``adjoint_rtol``/``adjoint_atol``, or the forward ones) and ``"norm": "seminorm"`` to
     leave the parameter gradients out of its error control."""
-    return odeint(func, y0, t, rtol=rtol, atol=atol, method=method, options=options,
-                  gradient=_continuous_adjoint(rtol, atol, method, adjoint_rtol, adjoint_atol, adjoint_method,
-                                               adjoint_options),
-                  adjoint_params=adjoint_params, compile=compile)
+    return odeint(
+        func,
+        y0,
+        t,
+        rtol=rtol,
+        atol=atol,
+        method=method,
+        options=options,
+        gradient=_continuous_adjoint(rtol, atol, method, adjoint_rtol, adjoint_atol, adjoint_method, adjoint_options),
+        adjoint_params=adjoint_params,
+        compile=compile,
+    )
 
 
-def _continuous_adjoint(rtol: Tolerance, atol: Tolerance, method: Method, adjoint_rtol: Tolerance | None,
-                        adjoint_atol: Tolerance | None, adjoint_method: Method | None,
-                        adjoint_options: Mapping[str, Any] | None) -> ContinuousAdjoint:
+def _continuous_adjoint(
+    rtol: Tolerance,
+    atol: Tolerance,
+    method: Method,
+    adjoint_rtol: Tolerance | None,
+    adjoint_atol: Tolerance | None,
+    adjoint_method: Method | None,
+    adjoint_options: Mapping[str, Any] | None,
+) -> ContinuousAdjoint:
     """``odeint_adjoint``'s ``adjoint_*`` arguments as a ``ContinuousAdjoint``."""
     if adjoint_options is None:
         return ContinuousAdjoint(rtol=adjoint_rtol, atol=adjoint_atol, method=adjoint_method)
@@ -135,9 +235,12 @@ def _continuous_adjoint(rtol: Tolerance, atol: Tolerance, method: Method, adjoin
     options = dict(adjoint_options)
     norm = options.pop("norm", "default")
     try:
-        steps = make_steps(method if adjoint_method is None else adjoint_method,
-                           rtol if adjoint_rtol is None else adjoint_rtol,
-                           atol if adjoint_atol is None else adjoint_atol, options)
+        steps = make_steps(
+            method if adjoint_method is None else adjoint_method,
+            rtol if adjoint_rtol is None else adjoint_rtol,
+            atol if adjoint_atol is None else adjoint_atol,
+            options,
+        )
     except (TypeError, ValueError) as e:
         raise type(e)(f"adjoint_options (the backward solve's options): {e}") from None
     return ContinuousAdjoint(method=adjoint_method, steps=steps, norm=norm)

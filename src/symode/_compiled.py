@@ -30,7 +30,8 @@ round-off, not bit for bit, and an adaptive solve may take a slightly different 
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -40,12 +41,17 @@ from ._tableau import ButcherTableau
 __all__ = ["CompiledStep"]
 
 
-def _step(func: Callable[..., torch.Tensor], tableau: ButcherTableau, values: torch.Tensor, y: torch.Tensor,
-          k1: torch.Tensor | None, with_error: bool) -> Any:
+def _step(
+    func: Callable[..., torch.Tensor],
+    tableau: ButcherTableau,
+    values: torch.Tensor,
+    y: torch.Tensor,
+    k1: torch.Tensor | None,
+    with_error: bool,
+) -> Any:
     """The step in tensors only: ``values`` = the ``s`` stage times then ``h``."""
     parts = values.unbind()
-    y_next, error, ks, _ = rk_step(func, tableau, 0.0, 0.0, y, k1, with_error=with_error,
-                                   h=parts[-1], times=parts)
+    y_next, error, ks, _ = rk_step(func, tableau, 0.0, 0.0, y, k1, with_error=with_error, h=parts[-1], times=parts)
     return y_next, error, ks
 
 
@@ -61,16 +67,32 @@ class CompiledStep:
     the number of evaluations of each compiled step.
     """
 
-    def __init__(self, func: Callable[..., Any], rhs: Callable[..., Any], tableau: ButcherTableau,
-                 count: Callable[[int], None], dtype: torch.dtype, device: torch.device):
+    def __init__(
+        self,
+        func: Callable[..., Any],
+        rhs: Callable[..., Any],
+        tableau: ButcherTableau,
+        count: Callable[[int], None],
+        dtype: torch.dtype,
+        device: torch.device,
+    ):
         self.func, self.tableau, self.count = func, tableau, count
         self.dtype, self.device = dtype, device
         self.eager = functools.partial(rk_step, rhs, tableau)
         s = tableau.num_stages  # stages evaluated per step, as in rk_step
         self._evaluations = {True: s, False: s if tableau.fsal else len(tableau.solution_stages)}
 
-    def __call__(self, t: float, t_next: float, y: torch.Tensor, k1: torch.Tensor | None = None, *,
-                 with_error: bool = True, keep_stage_states: bool = False, dts: Any = None) -> Any:
+    def __call__(
+        self,
+        t: float,
+        t_next: float,
+        y: torch.Tensor,
+        k1: torch.Tensor | None = None,
+        *,
+        with_error: bool = True,
+        keep_stage_states: bool = False,
+        dts: Any = None,
+    ) -> Any:
         if keep_stage_states or dts is not None:
             return self.eager(t, t_next, y, k1, with_error=with_error, keep_stage_states=keep_stage_states, dts=dts)
         tableau = self.tableau

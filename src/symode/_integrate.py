@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -57,16 +58,29 @@ def _check_finite(y: torch.Tensor, t: float, stats: Stats) -> None:
         raise SolveError(
             f"the state became non-finite (inf or nan) by t = {t!r}, after {stats.num_accepted} "
             f"accepted steps; f may blow up there, or the steps may be too large for stability "
-            f"(try a smaller step_size or an adaptive method)", t, stats.num_accepted)
+            f"(try a smaller step_size or an adaptive method)",
+            t,
+            stats.num_accepted,
+        )
 
 
-def integrate(rhs: Callable[..., torch.Tensor], y0: torch.Tensor,
-              t_out: Sequence[float], tableau: ButcherTableau, steps: FixedSteps | AdaptiveSteps | RecordedSteps,
-              *, rtol: float | torch.Tensor | None = None, atol: float | torch.Tensor | None = None,
-              norm: Norm | None = None, keep_states: bool = False, keep_stages: bool = False,
-              stats: Stats | None = None, f0: torch.Tensor | None = None,
-              time_carriers: Sequence[torch.Tensor] | None = None, step: Callable[..., Any] | None = None
-              ) -> Trajectory:
+def integrate(
+    rhs: Callable[..., torch.Tensor],
+    y0: torch.Tensor,
+    t_out: Sequence[float],
+    tableau: ButcherTableau,
+    steps: FixedSteps | AdaptiveSteps | RecordedSteps,
+    *,
+    rtol: float | torch.Tensor | None = None,
+    atol: float | torch.Tensor | None = None,
+    norm: Norm | None = None,
+    keep_states: bool = False,
+    keep_stages: bool = False,
+    stats: Stats | None = None,
+    f0: torch.Tensor | None = None,
+    time_carriers: Sequence[torch.Tensor] | None = None,
+    step: Callable[..., Any] | None = None,
+) -> Trajectory:
     """Solve from ``y0`` at ``t_out[0]`` through the output times ``t_out``.
 
     ``rhs(t, y)`` takes a float time; ``rtol``/``atol`` (floats or tensors shaped like
@@ -84,11 +98,11 @@ def integrate(rhs: Callable[..., torch.Tensor], y0: torch.Tensor,
     t = float(t_out[0])
     y = y0
     grid = [t]
-    ys = [y0] if keep_states else None
+    ys: list[torch.Tensor] | None = [y0] if keep_states else None
     outputs = [y0]
     out_index = [0]
     fsal = tableau.fsal
-    stages = [] if keep_stages else None
+    stages: list[list[torch.Tensor | None]] | None = [] if keep_stages else None
     solution_stages = tableau.solution_stages
     anchors: list[int | None] = [0]
     carrier_zero = None if time_carriers is None else torch.zeros_like(time_carriers[0])
@@ -102,17 +116,24 @@ def integrate(rhs: Callable[..., torch.Tensor], y0: torch.Tensor,
         stats.num_accepted += 1
         grid.append(t_next)
         anchors.append(anchor)
-        if keep_states:
+        if ys is not None:  # keep_states
             ys.append(y_next)
-        if keep_stages:
+        if stages is not None:  # keep_stages
             stages.append([Ys[i] if i in solution_stages else None for i in range(len(Ys))])
 
     if isinstance(steps, (FixedSteps, RecordedSteps)):
         points, idx, point_anchors = steps.plan(t_out)
         k1 = f0
         for n, t_next in enumerate(points[1:]):
-            y, _, ks, Ys = step(t, t_next, y, k1, with_error=False, keep_stage_states=keep_stages,
-                                   dts=carriers(point_anchors[n], point_anchors[n + 1]))
+            y, _, ks, Ys = step(
+                t,
+                t_next,
+                y,
+                k1,
+                with_error=False,
+                keep_stage_states=keep_stages,
+                dts=carriers(point_anchors[n], point_anchors[n + 1]),
+            )
             k1 = ks[-1] if fsal else None
             t = t_next
             accept(t, y, Ys, point_anchors[n + 1])
@@ -129,7 +150,9 @@ def integrate(rhs: Callable[..., torch.Tensor], y0: torch.Tensor,
         raise ValueError("adaptive steps need rtol, atol and norm")
     _check_finite(y0, t, stats)
     direction = 1.0 if t_out[-1] > t_out[0] else -1.0
-    exponent = tableau.error_order + 1
+    error_order = tableau.error_order
+    assert error_order is not None  # an adaptive tableau has one (ButcherTableau checks it)
+    exponent = error_order + 1
     if f0 is not None:
         k1 = f0
     else:
@@ -138,8 +161,18 @@ def integrate(rhs: Callable[..., torch.Tensor], y0: torch.Tensor,
         if steps.first_step is not None:
             h = steps.first_step
         else:
-            h = initial_step(rhs, t, y0.detach(), k1.detach(), direction, tableau.error_order,
-                             rtol, atol, norm, abs(t_out[-1] - t_out[0]))
+            h = initial_step(
+                rhs,
+                t,
+                y0.detach(),
+                k1.detach(),
+                direction,
+                error_order,
+                rtol,
+                atol,
+                norm,
+                abs(t_out[-1] - t_out[0]),
+            )
     prev_ratio = 1.0
     after_reject = False
     ratio = float("nan")
@@ -150,20 +183,28 @@ def integrate(rhs: Callable[..., torch.Tensor], y0: torch.Tensor,
                     f"reached max_num_steps = {steps.max_num_steps} at t = {t!r} "
                     f"({stats.num_accepted} accepted, {stats.num_rejected} rejected steps) before "
                     f"t = {target!r}; raise options['max_num_steps'] or loosen rtol/atol",
-                    t, stats.num_accepted)
+                    t,
+                    stats.num_accepted,
+                )
             if h <= 4 * math.ulp(max(abs(t), abs(target))) or not math.isfinite(h):
                 raise SolveError(
                     f"step size underflow (h = {h!r}) at t = {t!r}, after {stats.num_accepted} accepted "
                     f"and {stats.num_rejected} rejected steps (last error ratio {ratio!r}); "
-                    + ("the state or f became non-finite there. " if not math.isfinite(ratio) else
-                       "the problem may be stiff or singular there, or rtol/atol too tight. "),
-                    t, stats.num_accepted)
+                    + (
+                        "the state or f became non-finite there. "
+                        if not math.isfinite(ratio)
+                        else "the problem may be stiff or singular there, or rtol/atol too tight. "
+                    ),
+                    t,
+                    stats.num_accepted,
+                )
             t_next = t + direction * h
             clipped = direction * (target - t_next) <= 0.01 * h
             if clipped:
                 t_next = target
-            y_next, err, ks, Ys = step(t, t_next, y, k1, keep_stage_states=keep_stages,
-                                          dts=carriers(anchors[-1], k + 1 if clipped else k))
+            y_next, err, ks, Ys = step(
+                t, t_next, y, k1, keep_stage_states=keep_stages, dts=carriers(anchors[-1], k + 1 if clipped else k)
+            )
             with torch.no_grad():
                 scale = atol + rtol * torch.maximum(y.detach().abs(), y_next.detach().abs())
                 ratio = float(norm(err.detach() / scale))

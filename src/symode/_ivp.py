@@ -9,15 +9,14 @@ or input checks.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 import torch
 
-from ._compiled import CompiledStep
 from ._integrate import Trajectory, integrate
-from ._stats import Stats
 from ._state import StateLayout
+from ._stats import Stats
 from ._step_size import AdaptiveSteps, FixedSteps, Norm
 from ._tableau import ButcherTableau
 
@@ -80,25 +79,47 @@ class ODEProblem:
         def rhs(t: float, y: torch.Tensor, dt: torch.Tensor | None = None) -> torch.Tensor:
             stats.count(counter)
             return func(time(t) if dt is None else time(t) + dt, y)
+
         return rhs
 
-    def integrate(self, y0: torch.Tensor | None = None, *, keep_states: bool = False,
-                  keep_stages: bool = False, f0: torch.Tensor | None = None,
-                  time_carriers: Sequence[torch.Tensor] | None = None) -> Trajectory:
+    def integrate(
+        self,
+        y0: torch.Tensor | None = None,
+        *,
+        keep_states: bool = False,
+        keep_stages: bool = False,
+        f0: torch.Tensor | None = None,
+        time_carriers: Sequence[torch.Tensor] | None = None,
+    ) -> Trajectory:
         """The forward solve: run the time loop from ``y0`` (default: the problem's), counting
         the calls of ``f`` in ``stats.nfe_forward``; with ``compile``, its steps are compiled
         (``symode._compiled``). ``keep_states``/``keep_stages`` keep every accepted state/the
         stage states of every step; ``f0 = f(t0, y0)`` if already evaluated;
         ``time_carriers``: see ``time_carriers``."""
         rhs, step = self.rhs(), None
-        if self.compile:
+        if self.compile:  # imported here: torch.compile's machinery is slow to import
+            from ._compiled import CompiledStep
+
             def count(n: int) -> None:
                 self.stats.count("nfe_forward", n)
+
             step = CompiledStep(self.func, rhs, self.tableau, count, self.y0.dtype, self.y0.device)
-        return integrate(rhs, self.y0 if y0 is None else y0, self.t_out, self.tableau, self.steps,
-                         rtol=self.rtol, atol=self.atol, norm=self.norm,
-                         keep_states=keep_states, keep_stages=keep_stages, stats=self.stats, f0=f0,
-                         time_carriers=time_carriers, step=step)
+        return integrate(
+            rhs,
+            self.y0 if y0 is None else y0,
+            self.t_out,
+            self.tableau,
+            self.steps,
+            rtol=self.rtol,
+            atol=self.atol,
+            norm=self.norm,
+            keep_states=keep_states,
+            keep_stages=keep_stages,
+            stats=self.stats,
+            f0=f0,
+            time_carriers=time_carriers,
+            step=step,
+        )
 
     @property
     def wants_time_grad(self) -> bool:
@@ -116,5 +137,8 @@ class ODEProblem:
     @property
     def requires_grad(self) -> bool:
         """Whether a gradient is asked for at all (grad mode on and something requires it)."""
-        return torch.is_grad_enabled() and (self.y0.requires_grad or any(p.requires_grad for p in self.params)
-                                            or (self.t is not None and self.t.requires_grad))
+        return torch.is_grad_enabled() and (
+            self.y0.requires_grad
+            or any(p.requires_grad for p in self.params)
+            or (self.t is not None and self.t.requires_grad)
+        )

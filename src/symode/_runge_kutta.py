@@ -16,18 +16,27 @@ exactly zero, so the values computed are bit for bit those without ``dts``.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import overload
 
 import torch
 
-from ._tableau import ButcherTableau
+from ._tableau import ButcherTableau, WeightedSum
 
 Rhs = Callable[..., torch.Tensor]
 
 __all__ = ["stage_time", "combine", "stage_state", "rk_step"]
 
 
-def stage_time(tableau: ButcherTableau, i: int, t: float, t_next: float, h: float) -> float:
+@overload
+def stage_time(tableau: ButcherTableau, i: int, t: float, t_next: float, h: float) -> float: ...
+@overload
+def stage_time(
+    tableau: ButcherTableau, i: int, t: float, t_next: float, h: float | torch.Tensor
+) -> float | torch.Tensor: ...
+def stage_time(
+    tableau: ButcherTableau, i: int, t: float, t_next: float, h: float | torch.Tensor
+) -> float | torch.Tensor:
     """The time of stage ``i`` of the step ``t -> t_next = t + h``.
 
     A stage with ``c_i == 1`` is evaluated at ``t_next`` itself (not ``t + h``, which can
@@ -39,8 +48,37 @@ def stage_time(tableau: ButcherTableau, i: int, t: float, t_next: float, h: floa
     return t + ci * h
 
 
-def combine(y: torch.Tensor | None, h: float, weights, ks: Sequence[torch.Tensor | None],
-            dh: torch.Tensor | None = None) -> torch.Tensor:
+@overload
+def combine(
+    y: torch.Tensor,
+    h: float | torch.Tensor,
+    weights: WeightedSum | None,
+    ks: Sequence[torch.Tensor | None],
+    dh: torch.Tensor | None = None,
+) -> torch.Tensor: ...
+@overload
+def combine(
+    y: None,
+    h: float | torch.Tensor,
+    weights: WeightedSum,
+    ks: Sequence[torch.Tensor | None],
+    dh: torch.Tensor | None = None,
+) -> torch.Tensor: ...
+@overload
+def combine(
+    y: torch.Tensor | None,
+    h: float | torch.Tensor,
+    weights: WeightedSum | None,
+    ks: Sequence[torch.Tensor | None],
+    dh: torch.Tensor | None = None,
+) -> torch.Tensor | None: ...
+def combine(
+    y: torch.Tensor | None,
+    h: float | torch.Tensor,
+    weights: WeightedSum | None,
+    ks: Sequence[torch.Tensor | None],
+    dh: torch.Tensor | None = None,
+) -> torch.Tensor | None:
     """``y + h * sum_j w_j k_j`` (``y=None``: just ``h * sum``), with the weights given as
     ``(p, w_p, ((j, w_j / w_p), ...))`` (``tableau.a_sums[i]``, ``b_sum``, ``b_err_sum``;
     ``None``: no terms).
@@ -56,8 +94,11 @@ def combine(y: torch.Tensor | None, h: float, weights, ks: Sequence[torch.Tensor
         return y
     p, wp, rest = weights
     total = ks[p]
+    assert total is not None  # the weights refer to evaluated stages only
     for j, w in rest:
-        total = total.add(ks[j], alpha=w)
+        kj = ks[j]
+        assert kj is not None
+        total = total.add(kj, alpha=w)
     if y is None:
         out = total * (h * wp)
     elif isinstance(h, torch.Tensor):
@@ -69,8 +110,14 @@ def combine(y: torch.Tensor | None, h: float, weights, ks: Sequence[torch.Tensor
     return out
 
 
-def stage_state(tableau: ButcherTableau, i: int, y: torch.Tensor, h: float,
-                ks: Sequence[torch.Tensor | None], dh: torch.Tensor | None = None) -> torch.Tensor:
+def stage_state(
+    tableau: ButcherTableau,
+    i: int,
+    y: torch.Tensor,
+    h: float | torch.Tensor,
+    ks: Sequence[torch.Tensor | None],
+    dh: torch.Tensor | None = None,
+) -> torch.Tensor:
     """The state ``Y_i = y + h * sum_{j<i} a_ij k_j`` of stage ``i``."""
     return combine(y, h, tableau.a_sums[i], ks, dh)
 
@@ -88,10 +135,21 @@ def stage_time_perturbation(tableau: ButcherTableau, i: int, dts) -> torch.Tenso
     return d_t + ci * (d_next - d_t)
 
 
-def rk_step(rhs: Rhs, tableau: ButcherTableau, t: float, t_next: float, y: torch.Tensor,
-            k1: torch.Tensor | None = None, *, with_error: bool = True,
-            stages: Sequence[int] | None = None, dts=None, keep_stage_states: bool = False,
-            h: torch.Tensor | None = None, times: Sequence[torch.Tensor] | None = None):
+def rk_step(
+    rhs: Rhs,
+    tableau: ButcherTableau,
+    t: float,
+    t_next: float,
+    y: torch.Tensor,
+    k1: torch.Tensor | None = None,
+    *,
+    with_error: bool = True,
+    stages: Sequence[int] | None = None,
+    dts=None,
+    keep_stage_states: bool = False,
+    h: torch.Tensor | None = None,
+    times: Sequence[torch.Tensor] | None = None,
+):
     """Take one step ``t -> t_next`` from ``y``.
 
     Args:
@@ -110,8 +168,7 @@ def rk_step(rhs: Rhs, tableau: ButcherTableau, t: float, t_next: float, y: torch
     derivatives/states, ``None`` for stages not evaluated. For an FSAL tableau the last
     stage state *is* ``y_next`` (the same tensor), so the next step's ``k1 = ks[-1]``.
     """
-    if h is None:
-        h = t_next - t
+    step: float | torch.Tensor = t_next - t if h is None else h
     s = tableau.num_stages
     if stages is None:
         stages = range(s) if (with_error or tableau.fsal) else tableau.solution_stages
@@ -119,7 +176,7 @@ def rk_step(rhs: Rhs, tableau: ButcherTableau, t: float, t_next: float, y: torch
     ks: list[torch.Tensor | None] = [None] * s
     Ys: list[torch.Tensor | None] = [None] * s
     for i in stages:
-        Yi = y if i == 0 else stage_state(tableau, i, y, h, ks, dh)
+        Yi = y if i == 0 else stage_state(tableau, i, y, step, ks, dh)
         if keep_stage_states or (i == s - 1 and tableau.fsal):
             Ys[i] = Yi
         if i == 0 and k1 is not None:
@@ -127,16 +184,16 @@ def rk_step(rhs: Rhs, tableau: ButcherTableau, t: float, t_next: float, y: torch
         elif times is not None:
             ks[i] = rhs(times[i], Yi)
         elif dts is None:
-            ks[i] = rhs(stage_time(tableau, i, t, t_next, h), Yi)
+            ks[i] = rhs(stage_time(tableau, i, t, t_next, step), Yi)
         else:
-            ks[i] = rhs(stage_time(tableau, i, t, t_next, h), Yi, stage_time_perturbation(tableau, i, dts))
+            ks[i] = rhs(stage_time(tableau, i, t, t_next, step), Yi, stage_time_perturbation(tableau, i, dts))
     if tableau.fsal and Ys[-1] is not None:
         y_next = Ys[-1]
     else:
-        y_next = combine(y, h, tableau.b_sum, ks, dh)
+        y_next = combine(y, step, tableau.b_sum, ks, dh)
     error = None
     if with_error:
         tableau.check_adaptive()
         with torch.no_grad():  # the error estimate only steers the step size: never differentiated
-            error = combine(None, h, tableau.b_err_sum, ks)
+            error = combine(None, step, tableau.b_err_sum, ks)
     return y_next, error, ks, Ys

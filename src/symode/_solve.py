@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -54,10 +55,17 @@ class Solution:
     grid: torch.Tensor
 
 
-def solve(func: Callable[..., Any], y0: State, t: Any, *, method: str | ButcherTableau = "dopri5",
-          steps: FixedSteps | AdaptiveSteps | None = None,
-          gradient: str | GradientMethod = "backprop",
-          adjoint_params: Sequence[torch.Tensor] | None = None, compile: bool = False) -> Solution:
+def solve(
+    func: Callable[..., Any],
+    y0: State,
+    t: Any,
+    *,
+    method: str | ButcherTableau = "dopri5",
+    steps: FixedSteps | AdaptiveSteps | None = None,
+    gradient: str | GradientMethod = "backprop",
+    adjoint_params: Sequence[torch.Tensor] | None = None,
+    compile: bool = False,
+) -> Solution:
     """Solve ``dy/dt = func(t, y)``, ``y(t[0]) = y0``, and return the states at the times ``t``.
 
     Args:
@@ -107,15 +115,26 @@ def solve(func: Callable[..., Any], y0: State, t: Any, *, method: str | ButcherT
         tableau.check_adaptive()
     params, explicit = _parameters(func, adjoint_params)
     if ts.requires_grad and not grad_method.time_gradient:
-        warnings.warn(f"t requires grad, but {grad_method!r} does not differentiate with respect to the "
-                      f"output times: t gets no gradient", stacklevel=2)
+        warnings.warn(
+            f"t requires grad, but {grad_method!r} does not differentiate with respect to the "
+            f"output times: t gets no gradient",
+            stacklevel=2,
+        )
     problem = ODEProblem(
-        func=layout.wrap(func), y0=layout.flat_y0, t_out=t_out, tableau=tableau, steps=steps, layout=layout,
+        func=layout.wrap(func),
+        y0=layout.flat_y0,
+        t_out=t_out,
+        tableau=tableau,
+        steps=steps,
+        layout=layout,
         rtol=layout.tolerance(steps.rtol, "rtol") if isinstance(steps, AdaptiveSteps) else None,
         atol=layout.tolerance(steps.atol, "atol") if isinstance(steps, AdaptiveSteps) else None,
-        norm=layout.norm if adaptive else None, params=params, params_explicit=explicit,
+        norm=layout.norm if adaptive else None,
+        params=params,
+        params_explicit=explicit,
         t=ts if ts.requires_grad and ts.is_floating_point() and grad_method.time_gradient else None,
-        compile=compile)
+        compile=compile,
+    )
     ys, trajectory = grad_method.solve(problem)
     grid = torch.tensor(trajectory.grid, dtype=torch.float64)
     return Solution(ts=ts, ys=layout.unflatten(ys, (ys.shape[0],)), stats=problem.stats, grid=grid)
@@ -142,7 +161,8 @@ def _output_times(t: Any) -> tuple[torch.Tensor, list[float]]:
             bad = next(i for i, d in enumerate(diffs) if (d <= 0 if increasing else d >= 0))
             raise ValueError(
                 f"t must be strictly increasing or strictly decreasing; t[{bad}] = {t_out[bad]!r} and "
-                f"t[{bad + 1}] = {t_out[bad + 1]!r} break that (sort t and drop repeated times)")
+                f"t[{bad + 1}] = {t_out[bad + 1]!r} break that (sort t and drop repeated times)"
+            )
     return t, t_out
 
 

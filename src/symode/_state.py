@@ -8,7 +8,8 @@ symode (the bench's peer adapters, a user's own tools) flattens states the same 
 
 from __future__ import annotations
 
-from typing import Any, Callable, Union, cast
+from collections.abc import Callable
+from typing import Any, cast
 
 import torch
 
@@ -17,7 +18,7 @@ from ._step_size import Norm, mixed_rms_norm, rms_norm
 __all__ = ["StateLayout", "State", "FLOAT_DTYPES"]
 
 #: A state: one tensor, or a tuple of tensors (a tuple ``y0`` gives tuple outputs).
-State = Union[torch.Tensor, tuple[torch.Tensor, ...]]
+State = torch.Tensor | tuple[torch.Tensor, ...]
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -47,7 +48,7 @@ class StateLayout:
             self.norm = mixed_rms_norm(self.sizes)
 
     @classmethod
-    def of(cls, y0: Any) -> "StateLayout":
+    def of(cls, y0: Any) -> StateLayout:
         """The layout of ``y0`` (a tensor or a non-empty tuple of tensors), checked."""
         if isinstance(y0, torch.Tensor):
             _check_tensor(y0, "y0")
@@ -60,8 +61,10 @@ class StateLayout:
             dtypes = {c.dtype for c in y0}
             devices = {c.device for c in y0}
             if len(dtypes) > 1 or len(devices) > 1:
-                raise TypeError(f"the components of y0 must share one dtype and device, got "
-                                f"{[(c.dtype, str(c.device)) for c in y0]}; convert them first")
+                raise TypeError(
+                    f"the components of y0 must share one dtype and device, got "
+                    f"{[(c.dtype, str(c.device)) for c in y0]}; convert them first"
+                )
             return cls(tuple(y0), tuple(y0))
         raise TypeError(f"y0 must be a tensor or a non-empty tuple of tensors, got {type(y0).__name__}")
 
@@ -104,49 +107,65 @@ class StateLayout:
                 try:
                     parts.append(part.expand(c.shape).reshape(-1))
                 except RuntimeError:
-                    raise ValueError(f"{name}[{i}] of shape {tuple(part.shape)} does not broadcast to the shape "
-                                     f"{tuple(c.shape)} of y0[{i}]") from None
+                    raise ValueError(
+                        f"{name}[{i}] of shape {tuple(part.shape)} does not broadcast to the shape "
+                        f"{tuple(c.shape)} of y0[{i}]"
+                    ) from None
             return torch.cat(parts)
         if isinstance(tol, (tuple, list)):
-            raise TypeError(f"{name} is a {type(tol).__name__} of {len(tol)} entries, but y0 is a single tensor: "
-                            f"give a number, or a tensor that broadcasts to y0's shape {tuple(self.y0.shape)}")
+            raise TypeError(
+                f"{name} is a {type(tol).__name__} of {len(tol)} entries, but y0 is a single tensor: "
+                f"give a number, or a tensor that broadcasts to y0's shape {tuple(like.shape)}"
+            )
         if isinstance(tol, torch.Tensor):
-            target = self.y0 if self.components is None else like
+            target = like  # y0 itself for a single-tensor state (flat_y0 is y0), else the flat state
             try:
                 return tol.to(dtype=like.dtype, device=like.device).expand(target.shape)
             except RuntimeError:
-                raise ValueError(f"{name} of shape {tuple(tol.shape)} does not broadcast to the state's "
-                                 f"shape {tuple(target.shape)}") from None
+                raise ValueError(
+                    f"{name} of shape {tuple(tol.shape)} does not broadcast to the state's shape {tuple(target.shape)}"
+                ) from None
         return float(tol)
 
     def wrap(self, func: Callable[..., Any]) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
         """``func`` on the flat state, checking what it returns."""
         if self.components is None:
+
             def flat_func(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
                 out = func(t, y)
-                if (not isinstance(out, torch.Tensor) or out.shape != y.shape or out.dtype != y.dtype
-                        or out.device != y.device):
+                if (
+                    not isinstance(out, torch.Tensor)
+                    or out.shape != y.shape
+                    or out.dtype != y.dtype
+                    or out.device != y.device
+                ):
                     _bad_output(out, y)
                 return out
+
             return flat_func
 
         def tuple_func(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
             parts = self.split(y)
             out = func(t, parts)
             if not isinstance(out, (tuple, list)) or len(out) != len(parts):
-                raise TypeError(f"func must return a tuple of {len(parts)} tensors like y0, got "
-                                f"{type(out).__name__}{'' if not isinstance(out, (tuple, list)) else f' of length {len(out)}'}")
+                raise TypeError(
+                    f"func must return a tuple of {len(parts)} tensors like y0, got "
+                    f"{type(out).__name__}{'' if not isinstance(out, (tuple, list)) else f' of length {len(out)}'}"
+                )
             for o, p in zip(out, parts):
                 if not isinstance(o, torch.Tensor) or o.shape != p.shape or o.dtype != p.dtype or o.device != p.device:
                     _bad_output(o, p)
             return torch.cat([o.reshape(-1) for o in out])
+
         return tuple_func
 
 
 def _check_tensor(y: torch.Tensor, name: str) -> None:
     if y.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{name} must have a real floating dtype (float32 or float64), got {y.dtype}; "
-                        f"convert it, e.g. {name}.double()")
+        raise TypeError(
+            f"{name} must have a real floating dtype (float32 or float64), got {y.dtype}; "
+            f"convert it, e.g. {name}.double()"
+        )
     if y.numel() == 0:
         raise ValueError(f"{name} is empty (shape {tuple(y.shape)})")
     if not bool(torch.isfinite(y).all()):
@@ -157,9 +176,13 @@ def _bad_output(out: Any, like: torch.Tensor) -> None:
     if not isinstance(out, torch.Tensor):
         raise TypeError(f"func must return a tensor like y, got {type(out).__name__}")
     if out.dtype != like.dtype:
-        raise TypeError(f"func returned dtype {out.dtype} for a state of dtype {like.dtype}; "
-                        f"it must return the state's dtype (see the dtype policy in symode.solve)")
+        raise TypeError(
+            f"func returned dtype {out.dtype} for a state of dtype {like.dtype}; "
+            f"it must return the state's dtype (see the dtype policy in symode.solve)"
+        )
     if out.device != like.device:
         raise TypeError(f"func returned a tensor on {out.device} for a state on {like.device}")
-    raise ValueError(f"func returned shape {tuple(out.shape)} for a state of shape {tuple(like.shape)}; "
-                     f"dy/dt must have the shape of y")
+    raise ValueError(
+        f"func returned shape {tuple(out.shape)} for a state of shape {tuple(like.shape)}; "
+        f"dy/dt must have the shape of y"
+    )

@@ -10,15 +10,27 @@ Times are Python floats (float64) here; see ``symode.solve`` for the dtype polic
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol, Sequence, Union
+from typing import Any
 
 import torch
 
 from ._checks import is_real, optional_positive_float, positive_float, positive_int
 
-__all__ = ["FixedSteps", "AdaptiveSteps", "RecordedSteps", "StepPlan", "rms_norm", "mixed_rms_norm",
-           "check_tolerance", "DEFAULT_RTOL", "DEFAULT_ATOL", "Norm", "Tolerance"]
+__all__ = [
+    "FixedSteps",
+    "AdaptiveSteps",
+    "RecordedSteps",
+    "StepPlan",
+    "rms_norm",
+    "mixed_rms_norm",
+    "check_tolerance",
+    "DEFAULT_RTOL",
+    "DEFAULT_ATOL",
+    "Norm",
+    "Tolerance",
+]
 
 #: The default tolerances of adaptive steps (torchdiffeq's), everywhere in symode.
 DEFAULT_RTOL = 1e-7
@@ -27,10 +39,10 @@ DEFAULT_ATOL = 1e-9
 Norm = Callable[[torch.Tensor], torch.Tensor]
 #: A step plan: the step endpoints (``t[0]`` first), the grid index of each output time and,
 #: per endpoint, the index of the output time it moves with (``None``: a fixed grid point).
-StepPlan = tuple[list[float], list[int], list[Union[int, None]]]
+StepPlan = tuple[list[float], list[int], list[int | None]]
 #: A tolerance: a positive number, a tensor broadcastable to the state, or (tuple states) a
 #: tuple of them, one per component.
-Tolerance = Union[float, torch.Tensor, Sequence[Union[float, torch.Tensor]]]
+Tolerance = float | torch.Tensor | Sequence[float | torch.Tensor]
 
 
 def rms_norm(x: torch.Tensor) -> torch.Tensor:
@@ -41,15 +53,16 @@ def rms_norm(x: torch.Tensor) -> torch.Tensor:
 def mixed_rms_norm(sizes: Sequence[int]) -> Norm:
     """For a flat state made of tuple components of ``sizes``: the max of their RMS norms
     (as torchdiffeq does for tuple states, so that a small component is not drowned)."""
-    sizes = tuple(int(s) for s in sizes)
+    sizes = [int(s) for s in sizes]
 
     def norm(x: torch.Tensor) -> torch.Tensor:
         return torch.stack([rms_norm(part) for part in torch.split(x.reshape(-1), sizes)]).max()
+
     return norm
 
 
 # --------------------------------------------------------------------------------------
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class FixedSteps:
     """Fixed steps: ``step_size`` steps per output interval, or a user ``grid``.
 
@@ -57,36 +70,41 @@ class FixedSteps:
     of ``h``; the last step of an interval is shortened to end exactly on the output time
     (a remainder below 1e-9 of ``h`` is absorbed instead of taking a sliver of a step).
     With ``grid`` the steps end at the grid points and at every output time; the grid must
-    start at ``t[0]`` and end at ``t[-1]``.
+    start at ``t[0]`` and end at ``t[-1]``. ``grid`` may be given as a 1-D tensor or any
+    sequence of times; it is stored as a tuple of floats.
     """
 
     step_size: float | None = None
     grid: tuple[float, ...] | None = None
 
-    def __post_init__(self) -> None:
-        if (self.step_size is None) == (self.grid is None):
+    def __init__(self, step_size: float | None = None, grid: Sequence[float] | torch.Tensor | None = None) -> None:
+        if (step_size is None) == (grid is None):
             raise ValueError(
                 "fixed steps need exactly one of step_size (e.g. options={'step_size': 0.01}) "
-                f"or grid; got step_size={self.step_size!r}, grid={self.grid!r}")
-        if self.step_size is not None:
+                f"or grid; got step_size={step_size!r}, grid={grid!r}"
+            )
+        if step_size is not None:
             # positive: the direction of the steps is that of t
-            object.__setattr__(self, "step_size", positive_float(self.step_size, "step_size"))
+            object.__setattr__(self, "step_size", positive_float(step_size, "step_size"))
+            object.__setattr__(self, "grid", None)
         else:
-            grid = self.grid
-            if isinstance(grid, torch.Tensor):
-                if grid.ndim != 1:
-                    raise ValueError(f"grid must be a 1-D tensor of times, got shape {tuple(grid.shape)}")
-                grid = grid.detach().cpu().double().tolist()
+            assert grid is not None  # exactly one of the two is given (checked above)
+            times: Sequence[float] | torch.Tensor = grid
+            if isinstance(times, torch.Tensor):
+                if times.ndim != 1:
+                    raise ValueError(f"grid must be a 1-D tensor of times, got shape {tuple(times.shape)}")
+                times = times.detach().cpu().double().tolist()
             try:
-                grid = tuple(float(g) for g in grid)
+                points = tuple(float(g) for g in times)
             except TypeError:
-                raise TypeError(f"grid must be a 1-D tensor or sequence of times, got {self.grid!r}") from None
-            if len(grid) < 2 or not all(math.isfinite(g) for g in grid):
-                raise ValueError(f"grid must hold at least two finite times, got {grid!r}")
-            diffs = [b - a for a, b in zip(grid, grid[1:])]
+                raise TypeError(f"grid must be a 1-D tensor or sequence of times, got {grid!r}") from None
+            if len(points) < 2 or not all(math.isfinite(g) for g in points):
+                raise ValueError(f"grid must hold at least two finite times, got {points!r}")
+            diffs = [b - a for a, b in zip(points, points[1:])]
             if not (all(d > 0 for d in diffs) or all(d < 0 for d in diffs)):
                 raise ValueError("grid must be strictly increasing or strictly decreasing")
-            object.__setattr__(self, "grid", grid)
+            object.__setattr__(self, "step_size", None)
+            object.__setattr__(self, "grid", points)
 
     def plan(self, t_out: Sequence[float]) -> StepPlan:
         """The step endpoints (``t_out[0]`` first), the grid index of each output time and,
@@ -108,10 +126,12 @@ class FixedSteps:
                 out_idx.append(len(points) - 1)
             return points, out_idx, anchors
         grid = self.grid
+        assert grid is not None  # exactly one of step_size and grid is set (__init__)
         if grid[0] != t_out[0] or grid[-1] != t_out[-1]:
             raise ValueError(
                 f"grid must start at t[0] = {t_out[0]!r} and end at t[-1] = {t_out[-1]!r}; "
-                f"got {grid[0]!r} .. {grid[-1]!r}")
+                f"got {grid[0]!r} .. {grid[-1]!r}"
+            )
         if (grid[-1] - grid[0] > 0) != (t_out[-1] - t_out[0] > 0):
             raise ValueError("grid must run in the same direction as t")
         sign = 1.0 if t_out[-1] > t_out[0] else -1.0
@@ -227,8 +247,18 @@ def check_tolerance(value: Any, name: str) -> None:
             raise TypeError(f"{name} must be a positive number or tensor, got {part!r}")
 
 
-def initial_step(rhs, t0: float, y0: torch.Tensor, f0: torch.Tensor, direction: float,
-                 error_order: int, rtol, atol, norm: Norm, span: float) -> float:
+def initial_step(
+    rhs,
+    t0: float,
+    y0: torch.Tensor,
+    f0: torch.Tensor,
+    direction: float,
+    error_order: int,
+    rtol,
+    atol,
+    norm: Norm,
+    span: float,
+) -> float:
     """Hairer's heuristic for the first step (costs one evaluation of ``rhs``).
 
     ``rtol``/``atol`` are floats or tensors shaped like ``y0``; ``span`` is ``|t_end - t0|``

@@ -12,12 +12,13 @@ embedded method of order ``error_order``, so ``sum(b_err) == 0``.
 
 from __future__ import annotations
 
-import math
 import functools
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from numbers import Real
-from typing import Any, Sequence
+from typing import Any
 
 __all__ = ["ButcherTableau"]
 
@@ -46,7 +47,7 @@ def _as_vector(values: Any, name: str) -> tuple[float, ...]:
     return tuple(_as_float(v, f"ButcherTableau.{name}[{i}]") for i, v in enumerate(values))
 
 
-def _relative_to_largest(terms: "Terms") -> "WeightedSum | None":
+def _relative_to_largest(terms: Terms) -> WeightedSum | None:
     """``(p, w_p, ((j, w_j / w_p) for the other terms))``, ``|w_p|`` the largest weight; ``None``
     for no terms."""
     if not terms:
@@ -122,8 +123,17 @@ class ButcherTableau:
     b_sum: WeightedSum | None = field(init=False, compare=False, repr=False)
     b_err_sum: WeightedSum | None = field(init=False, compare=False, repr=False)
 
-    def __init__(self, name: str, c: Coefficients, a: Sequence[Coefficients], b: Coefficients, order: int,
-                 b_err: Coefficients | None = None, error_order: int | None = None, doc: str = "") -> None:
+    def __init__(
+        self,
+        name: str,
+        c: Coefficients,
+        a: Sequence[Coefficients],
+        b: Coefficients,
+        order: int,
+        b_err: Coefficients | None = None,
+        error_order: int | None = None,
+        doc: str = "",
+    ) -> None:
         if not isinstance(name, str) or not name:
             raise TypeError(f"ButcherTableau.name must be a non-empty string, got {name!r}")
         if not isinstance(doc, str):
@@ -144,19 +154,20 @@ class ButcherTableau:
                 if any(row[j] != 0.0 for j in range(i, s)):
                     raise ValueError(
                         f"ButcherTableau.a[{i}] has a nonzero entry on or above the diagonal: "
-                        f"only explicit methods (strictly lower triangular a) are supported")
+                        f"only explicit methods (strictly lower triangular a) are supported"
+                    )
             elif len(row) == i:
                 row = row + (0.0,) * (s - i)
             else:
-                raise ValueError(
-                    f"ButcherTableau.a[{i}] has {len(row)} entries; give {i} (ragged) or {s} (square)")
+                raise ValueError(f"ButcherTableau.a[{i}] has {len(row)} entries; give {i} (ragged) or {s} (square)")
             rows.append(row)
         for i in range(s):
             row_sum = math.fsum(rows[i])
             if abs(row_sum - c_[i]) > _CONSISTENCY_TOL * max(1.0, abs(c_[i])):
                 raise ValueError(
                     f"ButcherTableau {name!r}: row {i} of a sums to {row_sum!r} but c[{i}] = {c_[i]!r}; "
-                    f"an explicit method needs sum_j a[i][j] == c[i]")
+                    f"an explicit method needs sum_j a[i][j] == c[i]"
+                )
         if abs(math.fsum(b_) - 1.0) > _CONSISTENCY_TOL:
             raise ValueError(f"ButcherTableau {name!r}: the weights b sum to {math.fsum(b_)!r}, not 1")
         if isinstance(order, bool) or not isinstance(order, int) or order < 1:
@@ -169,19 +180,29 @@ class ButcherTableau:
             if abs(math.fsum(b_err_)) > _CONSISTENCY_TOL:
                 raise ValueError(
                     f"ButcherTableau {name!r}: b_err sums to {math.fsum(b_err_)!r}, not 0; b_err is "
-                    f"b minus the embedded weights (not the embedded weights themselves)")
+                    f"b minus the embedded weights (not the embedded weights themselves)"
+                )
             if all(e == 0.0 for e in b_err_):
                 raise ValueError(f"ButcherTableau {name!r}: b_err is all zeros, so it estimates no error")
             if isinstance(error_order, bool) or not isinstance(error_order, int) or error_order < 1:
                 raise ValueError(
                     f"ButcherTableau {name!r}: error_order (the embedded method's order) must be a "
-                    f"positive int when b_err is given, got {error_order!r}")
+                    f"positive int when b_err is given, got {error_order!r}"
+                )
         elif error_order is not None:
             raise ValueError(f"ButcherTableau {name!r}: error_order given without b_err")
         a_ = tuple(rows)
         set_ = functools.partial(object.__setattr__, self)
-        for key, value in (("name", name), ("c", c_), ("a", a_), ("b", b_), ("order", order), ("b_err", b_err_),
-                           ("error_order", error_order), ("doc", doc)):
+        for key, value in (
+            ("name", name),
+            ("c", c_),
+            ("a", a_),
+            ("b", b_),
+            ("order", order),
+            ("b_err", b_err_),
+            ("error_order", error_order),
+            ("doc", doc),
+        ):
             set_(key, value)
         # derived facts
         fsal = s > 1 and c_[-1] == 1.0 and b_[-1] == 0.0 and all(a_[-1][j] == b_[j] for j in range(s - 1))
@@ -221,7 +242,8 @@ class ButcherTableau:
                 f"method {self.name!r} takes fixed steps: give options={{'step_size': h}} (or options={{'grid': "
                 f"times}}) to odeint; it has no error estimate and needs a step size: "
                 f"steps=symode.FixedSteps(step_size=h) to symode.solve; or choose an adaptive method such as "
-                f"'dopri5'")
+                f"'dopri5'"
+            )
 
     def __repr__(self) -> str:
         kind = f"adaptive {self.order}({self.error_order})" if self.adaptive else f"order {self.order}"

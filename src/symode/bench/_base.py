@@ -21,11 +21,11 @@ class SummedStats:
 
     Reads are lazy so that the backward counts, which the solves' ``Stats`` fill in when
     ``backward()`` runs, are included once it has run. ``grids``: each solve's accepted step
-    endpoints (float64)."""
+    endpoints (float64; ``None`` where a peer does not say)."""
 
     FIELDS = ("num_accepted", "num_rejected", "nfe_forward", "nfe_backward", "nfe_backward_vjp")
 
-    def __init__(self, parts: Sequence[Stats] = (), grids: Sequence[torch.Tensor] = ()):
+    def __init__(self, parts: Sequence[Stats] = (), grids: Sequence[torch.Tensor | None] = ()):
         self.parts = list(parts)
         self.grids = list(grids)
 

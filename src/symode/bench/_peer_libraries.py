@@ -29,7 +29,9 @@ class Plan:
     each output time among them."""
 
     def __init__(self, steps: FixedSteps, t_out: list[float]):
-        self.h = steps.step_size
+        if steps.step_size is None:
+            raise ValueError("the peers take a step size, not a grid of steps")
+        self.h: float = steps.step_size
         self.points, self.out_index, _ = steps.plan(t_out)
         # uniform: every output interval is a whole number of steps of exactly h
         self.uniform = all(

@@ -49,6 +49,7 @@ class CNFBlock(torch.nn.Module):
             raise ValueError(f"noise must be 'gaussian' or 'rademacher', got {noise!r}")
         self.net = ConcatMLP(dim, hidden, activation)
         self.noise_kind = noise
+        self.noise: torch.Tensor
         self.register_buffer("noise", torch.zeros(batch, dim))
 
     def resample(self, generator: torch.Generator) -> None:
@@ -57,7 +58,7 @@ class CNFBlock(torch.nn.Module):
             e = torch.sign(e) + (e == 0)
         self.noise.copy_(e.to(self.noise.dtype))
 
-    def forward(self, t: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]):
+    def forward(self, t: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         z, _ = state
         with torch.enable_grad():
             # a fresh leaf when the solver runs without a graph (no graph is lost then)
@@ -81,7 +82,10 @@ def gaussian_mixture(
 
 
 class MLPField(torch.nn.Module):
-    """An autonomous vector field ``f(t, y) = MLP(y)``: dim -> width -> width -> dim, softplus.
+    """An autonomous vector field ``f(t, y) = MLP(y)``: dim -> width -> ... -> width -> dim with
+    ``depth`` hidden layers (default 2: dim -> width -> width -> dim) and ``activation`` after
+    each (default softplus; a name of :data:`ACTIVATIONS`). The layers are drawn in order, so
+    a given seed gives the same first layers whatever the depth.
 
     ``gain`` multiplies every weight of PyTorch's default initialisation. At ``gain=1`` the
     flow over ``[0, 1]`` is nearly linear: dopri5 needs 3-4 steps and in float32 the error
@@ -91,15 +95,17 @@ class MLPField(torch.nn.Module):
     solve, where memory that grows with the steps shows.
     """
 
-    def __init__(self, dim: int, width: int, gain: float = 1.0):
+    def __init__(self, dim: int, width: int, gain: float = 1.0, *, depth: int = 2, activation: str = "softplus"):
         super().__init__()
-        self.net = torch.nn.Sequential(
-            torch.nn.Linear(dim, width),
-            torch.nn.Softplus(),
-            torch.nn.Linear(width, width),
-            torch.nn.Softplus(),
-            torch.nn.Linear(width, dim),
-        )
+        if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
+            raise ValueError(f"depth (hidden layers) must be a positive int, got {depth!r}")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
+        layers: list[torch.nn.Module] = []
+        for i in range(depth):
+            layers += [torch.nn.Linear(dim if i == 0 else width, width), ACTIVATIONS[activation]()]
+        layers.append(torch.nn.Linear(width, dim))
+        self.net = torch.nn.Sequential(*layers)
         if gain != 1.0:
             with torch.no_grad():
                 for layer in self.net:

@@ -14,6 +14,7 @@ memory and interleaved timing, for a list of contestants on one problem.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import statistics
@@ -203,6 +204,8 @@ def run(
     ref_grads = kept[0][2]
     if reference_dtype is not None and reference_dtype != problem.inputs[0].dtype and ref_stats is not None:
         progress(f"reference gradient in {str(reference_dtype).replace('torch.', '')}")
+        if any(g is None for g in ref_stats.grids):
+            raise ValueError(f"reference_dtype needs a reference whose grid is known; {kept[0][0].label} gives none")
         ref_steps = [FixedSteps(grid=g) for g in ref_stats.grids]
         ref_grads = iteration(problem.converted(reference_dtype), kept[0][0], method, ref_steps)[1]
     for _, r, grads in kept:
@@ -227,7 +230,7 @@ def run(
 
     try:
         times = interleave(
-            [lambda c=c: iteration(problem, c, method, steps) for c in chosen],
+            [functools.partial(iteration, problem, c, method, steps) for c in chosen],
             repeats,
             device=device,
             before_round=before_round,

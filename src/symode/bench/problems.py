@@ -42,7 +42,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -69,6 +69,8 @@ __all__ = [
 class CNFProblem(BenchProblem):
     """``M`` stacked CNF blocks (see the module docstring)."""
 
+    modules: torch.nn.ModuleList
+
     def __init__(
         self, name: str, blocks: torch.nn.ModuleList, data: torch.Tensor, t1: float, description: dict, noise_seed: int
     ):
@@ -88,7 +90,7 @@ class CNFProblem(BenchProblem):
         gen = torch.Generator().manual_seed(seed)
         with torch.no_grad():
             for block in self.modules:
-                block.resample(gen)
+                cast(CNFBlock, block).resample(gen)
         self.noise_seed = seed
 
     def log_likelihood(self, z: torch.Tensor, logp: torch.Tensor) -> torch.Tensor:
@@ -168,14 +170,8 @@ class CNFSpec:
         The weights are PyTorch's default initialisation (FFJORD's) from ``seed``, times
         ``init_gain`` (default 1); the data are ``batch`` samples of a Gaussian mixture from ``seed + 1``;
         the noise is drawn from ``seed + 2`` until :meth:`CNFProblem.resample`."""
-        s = replace(
-            self,
-            **{
-                k: v
-                for k, v in dict(batch=batch, width=width, layers=layers, blocks=blocks, dim=dim).items()
-                if v is not None
-            },
-        )
+        sizes: dict[str, Any] = dict(batch=batch, width=width, layers=layers, blocks=blocks, dim=dim)
+        s = replace(self, **{k: v for k, v in sizes.items() if v is not None})
         for key in ("batch", "width", "layers", "blocks", "dim"):
             if getattr(s, key) < (0 if key == "layers" else 1):
                 raise ValueError(f"{key} must be at least {0 if key == 'layers' else 1}, got {getattr(s, key)}")

@@ -22,16 +22,33 @@ from ._checkpoint import Checkpoint, OneCheckpoint
 from ._recording import RecordingMethod, StepwiseMethod, vjp
 from ._symplectic import SymplecticAdjoint
 
-__all__ = ["GradientMethod", "Backprop", "ContinuousAdjoint", "Checkpoint", "OneCheckpoint", "SymplecticAdjoint",
-           "GRADIENT_METHODS", "get_gradient_method", "ODEProblem", "Trajectory", "RecordingMethod",
-           "StepwiseMethod", "vjp"]
+__all__ = [
+    "GradientMethod",
+    "Backprop",
+    "ContinuousAdjoint",
+    "Checkpoint",
+    "OneCheckpoint",
+    "SymplecticAdjoint",
+    "GRADIENT_METHODS",
+    "get_gradient_method",
+    "ODEProblem",
+    "Trajectory",
+    "RecordingMethod",
+    "StepwiseMethod",
+    "vjp",
+]
 
 #: every gradient method of the package, by its shorthand name
 GRADIENT_METHODS: dict[str, type[GradientMethod]] = {
     cls.name: cls for cls in (Backprop, Checkpoint, OneCheckpoint, SymplecticAdjoint, ContinuousAdjoint)
 }
-_ALIASES = {"symplectic": "symplectic_adjoint", "backprop_through_solver": "backprop",
-            "continuous_adjoint": "adjoint", "aca": "checkpoint", "onecheckpoint": "one_checkpoint"}
+_ALIASES = {
+    "symplectic": "symplectic_adjoint",
+    "backprop_through_solver": "backprop",
+    "continuous_adjoint": "adjoint",
+    "aca": "checkpoint",
+    "onecheckpoint": "one_checkpoint",
+}
 
 
 def get_gradient_method(gradient: object) -> GradientMethod:
@@ -47,6 +64,8 @@ def get_gradient_method(gradient: object) -> GradientMethod:
             return GRADIENT_METHODS[key]()
         raise ValueError(
             f"unknown gradient method {gradient!r}; use one of {sorted(GRADIENT_METHODS)} "
-            f"or an object such as symode.SymplecticAdjoint()")
+            f"or an object such as symode.SymplecticAdjoint()"
+        )
     raise TypeError(
-        f"gradient must be a string such as 'symplectic_adjoint' or a GradientMethod object, got {gradient!r}")
+        f"gradient must be a string such as 'symplectic_adjoint' or a GradientMethod object, got {gradient!r}"
+    )

@@ -32,7 +32,8 @@ The error norm of the backward solve (``norm=``):
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -40,8 +41,9 @@ from .._integrate import Trajectory, integrate
 from .._ivp import ODEProblem
 from .._methods import get_tableau
 from .._stats import Stats
-from .._step_size import AdaptiveSteps, FixedSteps, check_tolerance, rms_norm
+from .._step_size import AdaptiveSteps, FixedSteps, Tolerance, check_tolerance, rms_norm
 from .._tableau import ButcherTableau
+from ._base import GradientMethod
 from ._recording import RecordingMethod
 
 __all__ = ["ContinuousAdjoint"]
@@ -77,9 +79,14 @@ class ContinuousAdjoint(RecordingMethod):
     exact = False
     time_gradient = True  # the usual formula: see _BackwardSolver.run
 
-    def __init__(self, rtol: float | torch.Tensor | None = None, atol: float | torch.Tensor | None = None,
-                 method: str | ButcherTableau | None = None, steps: FixedSteps | AdaptiveSteps | None = None,
-                 norm: str = "default"):
+    def __init__(
+        self,
+        rtol: Tolerance | None = None,
+        atol: Tolerance | None = None,
+        method: str | ButcherTableau | None = None,
+        steps: FixedSteps | AdaptiveSteps | None = None,
+        norm: str = "default",
+    ):
         self.rtol = _checked_tolerance(rtol, "rtol")
         self.atol = _checked_tolerance(atol, "atol")
         tableau = None
@@ -88,11 +95,15 @@ class ContinuousAdjoint(RecordingMethod):
         self.method = method
         if steps is not None:
             if not isinstance(steps, (FixedSteps, AdaptiveSteps)):
-                raise TypeError(f"ContinuousAdjoint: steps must be symode.FixedSteps or symode.AdaptiveSteps, got "
-                                f"{steps!r} (odeint_adjoint takes torchdiffeq's options dict as adjoint_options)")
+                raise TypeError(
+                    f"ContinuousAdjoint: steps must be symode.FixedSteps or symode.AdaptiveSteps, got "
+                    f"{steps!r} (odeint_adjoint takes torchdiffeq's options dict as adjoint_options)"
+                )
             if rtol is not None or atol is not None:
-                raise ValueError("ContinuousAdjoint: with steps, give the tolerances there "
-                                 "(steps=symode.AdaptiveSteps(rtol=..., atol=...)), not as rtol/atol")
+                raise ValueError(
+                    "ContinuousAdjoint: with steps, give the tolerances there "
+                    "(steps=symode.AdaptiveSteps(rtol=..., atol=...)), not as rtol/atol"
+                )
             if isinstance(steps, AdaptiveSteps) and tableau is not None:
                 _prefixed(tableau.check_adaptive)
         self.steps = steps
@@ -103,18 +114,18 @@ class ContinuousAdjoint(RecordingMethod):
         self.norm = norm.lower()
 
     @classmethod
-    def configurations(cls) -> list["ContinuousAdjoint"]:
+    def configurations(cls) -> list[GradientMethod]:
         return [cls(), cls(norm="seminorm")]
 
     def __repr__(self) -> str:
-        args = [f"{k}={v!r}" for k, v in vars(self).items()
-                if v is not None and not (k == "norm" and v == "default")]
+        args = [f"{k}={v!r}" for k, v in vars(self).items() if v is not None and not (k == "norm" and v == "default")]
         return f"{type(self).__name__}({', '.join(args)})"
 
     def __eq__(self, other) -> bool:  # tensors in rtol/atol: compare by identity, not by value
         return type(self) is type(other) and all(
             (a is b) if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor) else a == b
-            for a, b in zip(vars(self).values(), vars(other).values()))
+            for a, b in zip(vars(self).values(), vars(other).values())
+        )
 
     def __hash__(self) -> int:
         return hash(type(self))
@@ -132,7 +143,7 @@ class ContinuousAdjoint(RecordingMethod):
         with torch.no_grad():
             return self._backward_solver(problem, params).run(trajectory.outputs, grad_ys, with_time)
 
-    def _backward_solver(self, problem: ODEProblem, params: Sequence[torch.Tensor]) -> "_BackwardSolver":
+    def _backward_solver(self, problem: ODEProblem, params: Sequence[torch.Tensor]) -> _BackwardSolver:
         """The backward solve's tableau, step rule, tolerances and norm, from this object's
         settings and the forward problem's."""
         tableau = problem.tableau if self.method is None else get_tableau(self.method)
@@ -153,8 +164,16 @@ class ContinuousAdjoint(RecordingMethod):
 class _BackwardSolver:
     """The backward solve of the augmented system for one forward problem."""
 
-    def __init__(self, problem: ODEProblem, params: tuple[torch.Tensor, ...], tableau: ButcherTableau, steps,
-                 rtol, atol, norm: str):
+    def __init__(
+        self,
+        problem: ODEProblem,
+        params: tuple[torch.Tensor, ...],
+        tableau: ButcherTableau,
+        steps,
+        rtol,
+        atol,
+        norm: str,
+    ):
         self.problem = problem
         self.params = params  # those that require grad
         self.tableau = tableau
@@ -181,14 +200,15 @@ class _BackwardSolver:
         sizes = self.param_sizes
 
         def seminorm(err: torch.Tensor) -> torch.Tensor:
-            return torch.maximum(state_norm(err[:n].view(y_shape)), state_norm(err[n:2 * n].view(y_shape)))
+            return torch.maximum(state_norm(err[:n].view(y_shape)), state_norm(err[n : 2 * n].view(y_shape)))
 
         if kind == "seminorm" or not sizes:
             return seminorm
 
         def mixed_norm(err: torch.Tensor) -> torch.Tensor:
-            parts = [rms_norm(g) for g in torch.split(err[2 * n:], sizes)]
+            parts = [rms_norm(g) for g in torch.split(err[2 * n :], sizes)]
             return torch.stack([seminorm(err), *parts]).max()
+
         return mixed_norm
 
     def _interval_steps(self, t_from: float, t_to: float):
@@ -209,18 +229,20 @@ class _BackwardSolver:
         stats.nfe_backward += 1
         stats.nfe_backward_vjp += 1
         y = z[:n].view(problem.y0.shape)
-        a = z[n:2 * n].view(problem.y0.shape)
+        a = z[n : 2 * n].view(problem.y0.shape)
         with torch.enable_grad():
             y = y.detach().requires_grad_(True)
             f = problem.func(problem.time(t), y)
+            vjps: tuple[torch.Tensor | None, ...]
             if f.requires_grad:
                 vjps = torch.autograd.grad(f, (y, *params), -a, allow_unused=True)
             else:  # f depends neither on y nor on any parameter here
                 vjps = (None,) * (1 + len(params))
         parts = [f.detach().reshape(-1)]
         for v, like in zip(vjps, (y, *params)):
-            parts.append(torch.zeros(like.numel(), dtype=z.dtype, device=z.device) if v is None
-                         else v.reshape(-1).to(z.dtype))
+            parts.append(
+                torch.zeros(like.numel(), dtype=z.dtype, device=z.device) if v is None else v.reshape(-1).to(z.dtype)
+            )
         return torch.cat(parts)
 
     def run(self, ys: Sequence[torch.Tensor], grad_ys: torch.Tensor, with_time: bool = False):
@@ -241,20 +263,28 @@ class _BackwardSolver:
             return (problem.func(problem.time(t_out[k]), ys[k]).reshape(-1) * cotangent.reshape(-1)).sum()
 
         for k in range(len(t_out) - 1, 0, -1):
-            if with_time:
+            if time_grads is not None:  # with_time
                 time_grads[k] = f_dot(k, grad_ys[k])
             z = torch.cat([ys[k].reshape(-1), a, g])
-            a = g = None  # copied into z: not alive during the solve
-            trajectory = integrate(self.rhs, z, [t_out[k], t_out[k - 1]], self.tableau,
-                                   self._interval_steps(t_out[k], t_out[k - 1]), rtol=self.rtol,
-                                   atol=self.atol, norm=self.norm, stats=Stats())
+            del a, g  # copied into z: not alive during the solve
+            trajectory = integrate(
+                self.rhs,
+                z,
+                [t_out[k], t_out[k - 1]],
+                self.tableau,
+                self._interval_steps(t_out[k], t_out[k - 1]),
+                rtol=self.rtol,
+                atol=self.atol,
+                norm=self.norm,
+                stats=Stats(),
+            )
             z = trajectory.outputs[-1]
             del trajectory
-            a = z[n:2 * n]
-            if with_time and k == 1:
+            a = z[n : 2 * n]
+            if time_grads is not None and k == 1:  # with_time
                 time_grads[0] = -f_dot(0, a)
             a = a + grad_ys[k - 1].reshape(-1)
-            g = z[2 * n:]
+            g = z[2 * n :]
         grad_y0 = a.view(problem.y0.shape)
         grads = torch.split(g, self.param_sizes) if self.params else ()
         grad_params = [gp.view(p.shape).to(p.dtype) for gp, p in zip(grads, self.params)]
@@ -274,8 +304,10 @@ def _checked_tolerance(value: Any, name: str) -> float | torch.Tensor | None:
     if value is None:
         return None
     if isinstance(value, (tuple, list)):
-        raise TypeError(f"ContinuousAdjoint: {name} must be a positive number or a tensor that broadcasts "
-                        f"to the (flat) state, got a {type(value).__name__}")
+        raise TypeError(
+            f"ContinuousAdjoint: {name} must be a positive number or a tensor that broadcasts "
+            f"to the (flat) state, got a {type(value).__name__}"
+        )
     _prefixed(check_tolerance, value, name)
     if isinstance(value, torch.Tensor) and value.numel() == 1:
         return float(value.item())
@@ -289,5 +321,6 @@ def _state_tolerance(tol: float | torch.Tensor, name: str, y0: torch.Tensor) -> 
     try:
         return tol.to(dtype=y0.dtype, device=y0.device).expand(y0.shape)
     except RuntimeError:
-        raise ValueError(f"{name} of shape {tuple(tol.shape)} does not broadcast to the "
-                         f"state's shape {tuple(y0.shape)}") from None
+        raise ValueError(
+            f"{name} of shape {tuple(tol.shape)} does not broadcast to the state's shape {tuple(y0.shape)}"
+        ) from None

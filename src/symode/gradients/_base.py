@@ -53,7 +53,7 @@ class GradientMethod(abc.ABC):
         """Solve ``problem``; return the stacked outputs and the trajectory (see the class)."""
 
     @classmethod
-    def configurations(cls) -> list["GradientMethod"]:
+    def configurations(cls) -> list[GradientMethod]:
         """One instance per distinct way of working (options that change the algorithm), so
         that tests and benchmarks discover every variant."""
         return [cls()]

@@ -13,7 +13,7 @@ arithmetic.
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 
@@ -39,7 +39,9 @@ class Checkpoint(StepwiseMethod):
         return problem.integrate(y0, keep_states=True, f0=f0)
 
     def states(self, problem: ODEProblem, trajectory: Trajectory) -> Iterator[tuple[int, torch.Tensor]]:
-        return ((n, trajectory.ys[n]) for n in reversed(range(len(trajectory.grid) - 1)))
+        ys = trajectory.ys
+        assert ys is not None  # record keeps every state
+        return ((n, ys[n]) for n in reversed(range(len(trajectory.grid) - 1)))
 
     def step_back(self, problem, trajectory, n, y, lam, params, param_grads, time_grads):
         t, t_next = trajectory.grid[n], trajectory.grid[n + 1]
@@ -48,8 +50,16 @@ class Checkpoint(StepwiseMethod):
 
         def step(y: torch.Tensor, *dts: torch.Tensor) -> torch.Tensor:
             before = stats.nfe_backward
-            y_next = rk_step(rhs, problem.tableau, t, t_next, y, with_error=False,
-                             stages=problem.tableau.solution_stages, dts=dts or None)[0]
+            y_next = rk_step(
+                rhs,
+                problem.tableau,
+                t,
+                t_next,
+                y,
+                with_error=False,
+                stages=problem.tableau.solution_stages,
+                dts=dts or None,
+            )[0]
             stats.nfe_backward_vjp += stats.nfe_backward - before
             return y_next
 
@@ -80,11 +90,12 @@ class OneCheckpoint(RecordingMethod):
         with torch.enable_grad():
             y0 = trajectory.outputs[0].detach().requires_grad_(True)
             before = problem.stats.nfe_backward
-            outputs = torch.stack(integrate(rhs, y0, problem.t_out, problem.tableau, grid,
-                                            time_carriers=carriers or None).outputs)
+            outputs = torch.stack(
+                integrate(rhs, y0, problem.t_out, problem.tableau, grid, time_carriers=carriers or None).outputs
+            )
             problem.stats.nfe_backward_vjp += problem.stats.nfe_backward - before
             grads = torch.autograd.grad(outputs, (y0, *carriers, *params), grad_ys, allow_unused=True)
         n = len(carriers)
-        time_grads = [g if g is not None else grad_ys.new_zeros(()) for g in grads[1:1 + n]] if with_time else None
-        param_grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads[1 + n:])]
+        time_grads = [g if g is not None else grad_ys.new_zeros(()) for g in grads[1 : 1 + n]] if with_time else None
+        param_grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads[1 + n :])]
         return grads[0], time_grads, param_grads

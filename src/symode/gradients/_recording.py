@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import abc
 import warnings
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 import torch
 from torch.autograd.function import once_differentiable
@@ -20,6 +21,9 @@ from torch.autograd.function import once_differentiable
 from .._integrate import Trajectory
 from .._ivp import ODEProblem
 from ._base import GradientMethod
+
+if TYPE_CHECKING:
+    from torch.autograd.graph import Node
 
 __all__ = ["RecordingMethod", "StepwiseMethod"]
 
@@ -33,7 +37,7 @@ class RecordingMethod(GradientMethod):
                 trajectory = problem.integrate()
             return torch.stack(trajectory.outputs), trajectory
         f0 = first_evaluation_checked(problem, type(self).__name__)
-        holder = {}
+        holder: dict[str, Trajectory] = {}
         t = problem.t if problem.t is not None else torch.empty(0)
         ys = _RecordedSolve.apply(self, problem, f0, holder, problem.y0, t, *problem.params)
         return ys, holder["trajectory"]
@@ -43,9 +47,14 @@ class RecordingMethod(GradientMethod):
         """The forward solve (run under ``torch.no_grad()``), keeping what the backward needs."""
 
     @abc.abstractmethod
-    def backward(self, problem: ODEProblem, trajectory: Trajectory, grad_ys: torch.Tensor,
-                 params: tuple[torch.Tensor, ...], with_time: bool
-                 ) -> tuple[torch.Tensor, list[torch.Tensor] | None, list[torch.Tensor]]:
+    def backward(
+        self,
+        problem: ODEProblem,
+        trajectory: Trajectory,
+        grad_ys: torch.Tensor,
+        params: tuple[torch.Tensor, ...],
+        with_time: bool,
+    ) -> tuple[torch.Tensor, list[torch.Tensor] | None, list[torch.Tensor]]:
         """From the cotangents of the stacked outputs to those of ``y0``, of the output times
         (a 0-dim tensor per output time, when ``with_time``; else ``None``) and of ``params``
         (the parameters that require grad)."""
@@ -59,9 +68,17 @@ class StepwiseMethod(RecordingMethod):
         """Yield ``(n, y_n)`` for ``n = N-1, ..., 0``: the start state of each step, last step first."""
 
     @abc.abstractmethod
-    def step_back(self, problem: ODEProblem, trajectory: Trajectory, n: int, y: torch.Tensor, lam: torch.Tensor,
-                  params: tuple[torch.Tensor, ...], param_grads: list[torch.Tensor],
-                  time_grads: list[torch.Tensor] | None) -> torch.Tensor:
+    def step_back(
+        self,
+        problem: ODEProblem,
+        trajectory: Trajectory,
+        n: int,
+        y: torch.Tensor,
+        lam: torch.Tensor,
+        params: tuple[torch.Tensor, ...],
+        param_grads: list[torch.Tensor],
+        time_grads: list[torch.Tensor] | None,
+    ) -> torch.Tensor:
         """The cotangent of ``y_n`` from that of ``y_{n+1}`` (``lam``), adding the step's
         parameter cotangents to ``param_grads`` in place and, if ``time_grads`` is given, the
         cotangents of the step's end times to ``time_grads[n]`` and ``time_grads[n + 1]``."""
@@ -102,8 +119,16 @@ def output_time_grads(trajectory: Trajectory, time_grads: list[torch.Tensor] | N
 
 class _RecordedSolve(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, method: RecordingMethod, problem: ODEProblem, f0: torch.Tensor, holder: dict,
-                y0: torch.Tensor, t: torch.Tensor, *params):
+    def forward(
+        ctx,
+        method: RecordingMethod,
+        problem: ODEProblem,
+        f0: torch.Tensor,
+        holder: dict[str, Trajectory],
+        y0: torch.Tensor,
+        t: torch.Tensor,
+        *params,
+    ):
         trajectory = method.record(problem, y0.detach(), f0)
         holder["trajectory"] = trajectory
         ctx.method, ctx.problem, ctx.trajectory = method, problem, trajectory
@@ -117,7 +142,8 @@ class _RecordedSolve(torch.autograd.Function):
         wanted = [p.requires_grad for p in params]
         with_time = ctx.needs_input_grad[5]
         grad_y0, time_grads, param_grads = ctx.method.backward(
-            problem, ctx.trajectory, grad_ys, tuple(p for p, w in zip(params, wanted) if w), with_time)
+            problem, ctx.trajectory, grad_ys, tuple(p for p, w in zip(params, wanted) if w), with_time
+        )
         grad_t = torch.stack(time_grads).to(problem.t.dtype) if with_time else None
         grads = iter(param_grads)
         return (None, None, None, None, grad_y0, grad_t, *[next(grads) if w else None for w in wanted])
@@ -136,13 +162,17 @@ def first_evaluation_checked(problem: ODEProblem, method_name: str) -> torch.Ten
         foreign = [v for v in _graph_leaves(f0) if id(v) not in known]
     if foreign:
         shapes = ", ".join(str(tuple(v.shape)) for v in foreign)
-        message = (f"func uses {len(foreign)} tensor(s) that require grad but are not among the "
-                   f"parameters given to {method_name} (shapes {shapes}); they would get no gradient.")
+        message = (
+            f"func uses {len(foreign)} tensor(s) that require grad but are not among the "
+            f"parameters given to {method_name} (shapes {shapes}); they would get no gradient."
+        )
         if problem.params_explicit:
             warnings.warn(message + " Add them to adjoint_params if their gradient is wanted.", stacklevel=5)
         else:
-            raise ValueError(message + " Pass every such tensor in adjoint_params=(...), or make func an "
-                             "nn.Module that holds them as parameters.")
+            raise ValueError(
+                message + " Pass every such tensor in adjoint_params=(...), or make func an "
+                "nn.Module that holds them as parameters."
+            )
     return f0.detach()
 
 
@@ -150,7 +180,9 @@ def _graph_leaves(output: torch.Tensor) -> list[torch.Tensor]:
     """The leaf tensors (requiring grad) that ``output``'s autograd graph reaches."""
     if output.grad_fn is None:
         return [output] if output.requires_grad else []
-    leaves, seen, stack = {}, set(), [output.grad_fn]
+    leaves: dict[int, torch.Tensor] = {}
+    seen: set[Node] = set()
+    stack: list[Node | None] = [output.grad_fn]
     while stack:
         node = stack.pop()
         if node is None or node in seen:
@@ -163,9 +195,15 @@ def _graph_leaves(output: torch.Tensor) -> list[torch.Tensor]:
     return list(leaves.values())
 
 
-def vjp(fn: Callable[..., torch.Tensor], y: torch.Tensor, cotangent: torch.Tensor,
-        params: tuple[torch.Tensor, ...], param_grads: list[torch.Tensor], extra: tuple[torch.Tensor, ...] = (),
-        keep_output: bool = False):
+def vjp(
+    fn: Callable[..., torch.Tensor],
+    y: torch.Tensor,
+    cotangent: torch.Tensor,
+    params: tuple[torch.Tensor, ...],
+    param_grads: list[torch.Tensor],
+    extra: tuple[torch.Tensor, ...] = (),
+    keep_output: bool = False,
+):
     """Differentiate ``out = fn(y, *extra)`` once: returns ``(cotangent^T d(out)/dy,
     [cotangent^T d(out)/de for e in extra], out or None)`` and adds ``cotangent^T d(out)/dθ`` to
     ``param_grads``. A cotangent is ``None`` where ``out`` does not depend on the input. A
@@ -178,7 +216,7 @@ def vjp(fn: Callable[..., torch.Tensor], y: torch.Tensor, cotangent: torch.Tenso
         if not out.requires_grad:
             return None, [None] * len(extra), kept  # depends on no input
         grads = torch.autograd.grad(out, (y, *extra, *params), cotangent, allow_unused=True)
-    for acc, g in zip(param_grads, grads[1 + len(extra):]):
+    for acc, g in zip(param_grads, grads[1 + len(extra) :]):
         if g is not None:
             acc.add_(g)
-    return grads[0], list(grads[1:1 + len(extra)]), kept
+    return grads[0], list(grads[1 : 1 + len(extra)]), kept

@@ -52,7 +52,8 @@ integer operations, and :func:`reverse` keeps no recursion (depth ``O(1)``).
 from __future__ import annotations
 
 import operator
-from typing import Any, Callable, Iterator, Tuple
+from collections.abc import Callable, Iterator
+from typing import Any
 
 __all__ = ["optimal_recomputations", "split", "reverse"]
 
@@ -79,7 +80,7 @@ def _beta(c: int, r: int) -> int:
     return comb(c + r, r)
 
 
-def _repetition_number(n: int, c: int) -> Tuple[int, int]:
+def _repetition_number(n: int, c: int) -> tuple[int, int]:
     """Smallest ``r`` with ``beta(c, r) >= n`` (``c >= 1``), and ``beta(c, r)``."""
     r, b = 0, 1  # beta(c, 0) == 1
     while b < n:
@@ -106,7 +107,7 @@ def optimal_recomputations(n: int, slots: int) -> int:
     return r * n - _beta(c + 1, r - 1)
 
 
-def _split_bounds(n: int, slots: int) -> Tuple[int, int]:
+def _split_bounds(n: int, slots: int) -> tuple[int, int]:
     """Inclusive range ``(lo, hi)`` of all optimal first-checkpoint offsets ``m``.
 
     Assumes validated ``n >= 2`` and ``slots >= 1``.
@@ -189,7 +190,7 @@ def reverse(
     return recomputed
 
 
-def reversed_states(n: int, slots: int, y0: Any, advance: Callable[[int, int, Any], Any]) -> Iterator[Tuple[int, Any]]:
+def reversed_states(n: int, slots: int, y0: Any, advance: Callable[[int, int, Any], Any]) -> Iterator[tuple[int, Any]]:
     """The schedule of :func:`reverse` as a generator: yields ``(i, y_i)`` for
     ``i = n-1, ..., 0``; the consumer does the step back between two items."""
     n = _as_int(n, "n", 1)

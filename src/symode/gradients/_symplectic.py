@@ -16,7 +16,7 @@ Memory: ``N`` checkpoints, ``s`` stage states and ``s`` stage cotangents, and on
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 
@@ -24,6 +24,7 @@ from .._checks import check_bool, non_negative_int
 from .._integrate import Trajectory
 from .._ivp import ODEProblem
 from .._runge_kutta import rk_step, stage_state, stage_time
+from ._base import GradientMethod
 from ._recording import StepwiseMethod, vjp
 from ._revolve import reversed_states
 
@@ -54,13 +55,15 @@ class SymplecticAdjoint(StepwiseMethod):
         if max_checkpoints is not None:
             max_checkpoints = non_negative_int(max_checkpoints, "max_checkpoints")
             if store_stages:
-                raise ValueError("store_stages=True keeps every step's stages; it cannot be combined with "
-                                 "max_checkpoints, which bounds the memory")
+                raise ValueError(
+                    "store_stages=True keeps every step's stages; it cannot be combined with "
+                    "max_checkpoints, which bounds the memory"
+                )
         self.store_stages = store_stages
         self.max_checkpoints = max_checkpoints
 
     @classmethod
-    def configurations(cls) -> list["SymplecticAdjoint"]:
+    def configurations(cls) -> list[GradientMethod]:
         return [cls(), cls(store_stages=True), cls(max_checkpoints=2)]
 
     def __repr__(self) -> str:
@@ -72,21 +75,34 @@ class SymplecticAdjoint(StepwiseMethod):
         return f"SymplecticAdjoint({', '.join(args)})"
 
     def record(self, problem: ODEProblem, y0: torch.Tensor, f0: torch.Tensor) -> Trajectory:
-        return problem.integrate(y0, keep_states=self.max_checkpoints is None,
-                                 keep_stages=self.store_stages, f0=f0)
+        return problem.integrate(y0, keep_states=self.max_checkpoints is None, keep_stages=self.store_stages, f0=f0)
 
     def states(self, problem: ODEProblem, trajectory: Trajectory) -> Iterator[tuple[int, torch.Tensor]]:
         num_steps = len(trajectory.grid) - 1
         if self.max_checkpoints is None:
             ys = trajectory.ys
+            assert ys is not None  # record keeps every state without max_checkpoints
             return ((n, ys[n]) for n in reversed(range(num_steps)))
-        return reversed_states(num_steps, self.max_checkpoints, trajectory.outputs[0],
-                               lambda i, j, y: _advance(problem, trajectory.grid, i, j, y))
+        return reversed_states(
+            num_steps,
+            self.max_checkpoints,
+            trajectory.outputs[0],
+            lambda i, j, y: _advance(problem, trajectory.grid, i, j, y),
+        )
 
     def step_back(self, problem, trajectory, n, y, lam, params, param_grads, time_grads):
         stored = trajectory.stages[n] if self.store_stages else None
-        lam, time_cotangents = _step_adjoint(problem, trajectory.grid[n], trajectory.grid[n + 1], y, lam, params,
-                                             param_grads, stored, with_time=time_grads is not None)
+        lam, time_cotangents = _step_adjoint(
+            problem,
+            trajectory.grid[n],
+            trajectory.grid[n + 1],
+            y,
+            lam,
+            params,
+            param_grads,
+            stored,
+            with_time=time_grads is not None,
+        )
         if time_grads is not None:
             time_grads[n] = time_grads[n] + time_cotangents[0]
             time_grads[n + 1] = time_grads[n + 1] + time_cotangents[1]
@@ -98,14 +114,23 @@ def _advance(problem: ODEProblem, grid: list[float], i: int, j: int, y: torch.Te
     rhs = problem.rhs("nfe_backward")
     with torch.no_grad():
         for n in range(i, j):
-            y = rk_step(rhs, problem.tableau, grid[n], grid[n + 1], y, with_error=False,
-                        stages=problem.tableau.solution_stages)[0]
+            y = rk_step(
+                rhs, problem.tableau, grid[n], grid[n + 1], y, with_error=False, stages=problem.tableau.solution_stages
+            )[0]
     return y
 
 
-def _step_adjoint(problem: ODEProblem, t: float, t_next: float, y: torch.Tensor, lam: torch.Tensor,
-                  params: tuple[torch.Tensor, ...], param_grads: list[torch.Tensor],
-                  stored: list[torch.Tensor | None] | None = None, with_time: bool = False):
+def _step_adjoint(
+    problem: ODEProblem,
+    t: float,
+    t_next: float,
+    y: torch.Tensor,
+    lam: torch.Tensor,
+    params: tuple[torch.Tensor, ...],
+    param_grads: list[torch.Tensor],
+    stored: list[torch.Tensor | None] | None = None,
+    with_time: bool = False,
+):
     """Pull the cotangent ``lam`` of ``y_{n+1}`` back through one step to ``y_n``, adding the
     parameter gradients of the step to ``param_grads`` in place. ``stored``: the step's stage
     states from the forward pass, if kept.
@@ -119,18 +144,19 @@ def _step_adjoint(problem: ODEProblem, t: float, t_next: float, y: torch.Tensor,
     stages = tableau.solution_stages
 
     # 1. the stage states: stored, or recomputed without a graph (the last stage's k is not needed)
+    Ys: list[torch.Tensor | None]
     if stored is not None:
         Ys = list(stored)
     else:
-        Ys: list[torch.Tensor | None] = [None] * tableau.num_stages
+        Ys = [None] * tableau.num_stages
         with torch.no_grad():
             ks: list[torch.Tensor | None] = [None] * tableau.num_stages
             for i in stages:
-                Ys[i] = y if i == 0 else stage_state(tableau, i, y, h, ks)
+                Ys[i] = Y = y if i == 0 else stage_state(tableau, i, y, h, ks)
                 if i != stages[-1]:
                     problem.stats.nfe_backward += 1
-                    ks[i] = problem.func(problem.time(stage_time(tableau, i, t, t_next, h)), Ys[i]).detach()
-            del ks
+                    ks[i] = problem.func(problem.time(stage_time(tableau, i, t, t_next, h)), Y).detach()
+            del ks, Y
 
     # 2. sweep the stages in reverse, one differentiated evaluation of f at a time
     kappa: list[torch.Tensor | None] = [None] * tableau.num_stages
@@ -144,12 +170,20 @@ def _step_adjoint(problem: ODEProblem, t: float, t_next: float, y: torch.Tensor,
         Yi, Ys[i] = Ys[i], None
         if cotangent is None:  # structurally zero: nothing flows through this stage
             continue
+        assert Yi is not None  # the state of every stage in stages is stored or recomputed above
         ti = stage_time(tableau, i, t, t_next, h)
         problem.stats.nfe_backward += 1
         problem.stats.nfe_backward_vjp += 1
-        if with_time:
-            mu, (g,), k = vjp(lambda Y, T: problem.func(T, Y), Yi, cotangent, params, param_grads,
-                              extra=(problem.time(ti),), keep_output=True)
+        if ct is not None:  # with_time
+            mu, (g,), k = vjp(
+                lambda Y, T: problem.func(T, Y),
+                Yi,
+                cotangent,
+                params,
+                param_grads,
+                extra=(problem.time(ti),),
+                keep_output=True,
+            )
             dh = (cotangent * k).sum() / h
             ct[0] = ct[0] - dh
             ct[1] = ct[1] + dh
@@ -158,14 +192,15 @@ def _step_adjoint(problem: ODEProblem, t: float, t_next: float, y: torch.Tensor,
                 ct[1] = ct[1] + tableau.c[i] * g
             del k, g
         else:
-            mu = vjp(lambda Y: problem.func(problem.time(ti), Y), Yi, cotangent, params, param_grads)[0]
+            mu = vjp(lambda Y: problem.func(problem.time(ti), Y), Yi, cotangent, params, param_grads)[0]  # noqa: B023 (called at once)
         if mu is None:
             continue
         lam_out.add_(mu)
         for j, aij in tableau.a_terms[i]:
-            if kappa[j] is None:
+            kappa_j = kappa[j]
+            if kappa_j is None:
                 kappa[j] = mu * (h * aij)
             else:
-                kappa[j].add_(mu, alpha=h * aij)
+                kappa_j.add_(mu, alpha=h * aij)
         del mu, Yi, cotangent  # free before the next stage's graph is built
     return lam_out, ct
