@@ -45,7 +45,16 @@ _ADAPTIVE_OPTIONS = ("first_step", "max_num_steps", "controller", "safety", "ifa
 def make_steps(
     method: Method, rtol: Tolerance, atol: Tolerance, options: Mapping[str, Any] | None
 ) -> FixedSteps | AdaptiveSteps:
-    """The step-size rule for ``method`` from torchdiffeq-style ``rtol``, ``atol``, ``options``."""
+    """The step-size rule for ``method`` from torchdiffeq-style ``rtol``, ``atol``, ``options``.
+
+    ``options`` (a dict, or ``None``) takes, for fixed steps, ``step_size`` (steps of this
+    size within each output interval, the last one shortened to end on the output time) or
+    ``grid`` (the step endpoints; the output times are added) — any method, adaptive ones
+    included, then takes fixed steps — and, for adaptive steps, ``first_step``,
+    ``max_num_steps``, ``controller`` (``"i"`` or ``"pi"``), ``safety``, ``ifactor`` and
+    ``dfactor`` (see :class:`symode.AdaptiveSteps`). An unknown key, or keys of both kinds,
+    raise ``ValueError``; a fixed-step method without a step size raises ``ValueError``.
+    """
     options = {} if options is None else options
     if not isinstance(options, Mapping):
         raise TypeError(f"options must be a dict, got {type(options).__name__}")
@@ -88,7 +97,7 @@ def odeint(
     As torchdiffeq's ``odeint``, plus ``gradient`` (``"backprop"``, ``"symplectic_adjoint"``
     or a gradient object) to choose how the solve is differentiated. See
     :func:`symode.solve` for the arguments (``compile`` included) and the dtype policy, and
-    this module's docstring for the options.
+    :func:`symode.make_steps` for the options.
     """
     steps = make_steps(method, rtol, atol, options)
     return solve(

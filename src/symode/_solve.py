@@ -91,7 +91,7 @@ def solve(
             double backward).
 
     Returns:
-        A :class:`Solution`: the states at ``t``, the accepted grid and the counts.
+        Solution: the states at ``t``, the accepted grid and the counts.
 
     Raises:
         TypeError, ValueError: a bad argument (the message names it and the fix).

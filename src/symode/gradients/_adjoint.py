@@ -55,12 +55,15 @@ class ContinuousAdjoint(RecordingMethod):
     """The continuous adjoint: memory ``O(|y| + |θ| + L)`` independent of the number of steps,
     a gradient as accurate as the backward solve's tolerances allow.
 
-    Args (``None``: as in the forward solve):
-        rtol, atol: the backward solve's tolerances, when it reuses the forward solve's
-            adaptive step rule: positive numbers, or tensors that broadcast to the state (the
-            flat state for tuple states). They apply to ``y`` and ``a`` entry by entry; the
-            parameter integrals take the smallest entry. With ``steps``, give the tolerances
-            there instead.
+    Each argument left ``None`` is taken from the forward solve.
+
+    Args:
+        rtol: the backward solve's relative tolerance, when it reuses the forward solve's
+            adaptive step rule: a positive number, or a tensor that broadcasts to the state
+            (the flat state for tuple states). It applies to ``y`` and ``a`` entry by entry;
+            the parameter integrals take its smallest entry. With ``steps``, give the
+            tolerances there instead.
+        atol: the absolute tolerance, likewise.
         method: the backward solve's method (name or ``ButcherTableau``).
         steps: the backward solve's step rule, as in ``symode.solve``: ``FixedSteps`` or
             ``AdaptiveSteps`` (its tolerances, controller and limits); ``None`` reuses the
