@@ -158,8 +158,8 @@ class ContinuousAdjoint(RecordingMethod):
                 rtol = _prefixed(problem.layout.tolerance, steps.rtol, "rtol")
                 atol = _prefixed(problem.layout.tolerance, steps.atol, "atol")
             else:  # the forward rule, with this object's tolerances where given
-                rtol = problem.rtol if self.rtol is None else _prefixed(_state_tolerance, self.rtol, "rtol", problem.y0)
-                atol = problem.atol if self.atol is None else _prefixed(_state_tolerance, self.atol, "atol", problem.y0)
+                rtol = problem.rtol if self.rtol is None else _prefixed(problem.layout.tolerance, self.rtol, "rtol")
+                atol = problem.atol if self.atol is None else _prefixed(problem.layout.tolerance, self.atol, "atol")
         return _BackwardSolver(problem, tuple(params), tableau, steps, rtol, atol, self.norm)
 
 
@@ -315,15 +315,3 @@ def _checked_tolerance(value: Any, name: str) -> float | torch.Tensor | None:
     if isinstance(value, torch.Tensor) and value.numel() == 1:
         return float(value.item())
     return value if isinstance(value, torch.Tensor) else float(value)
-
-
-def _state_tolerance(tol: float | torch.Tensor, name: str, y0: torch.Tensor) -> float | torch.Tensor:
-    """A float, or a tensor shaped like the (flat) state ``y0``."""
-    if not isinstance(tol, torch.Tensor):
-        return float(tol)
-    try:
-        return tol.to(dtype=y0.dtype, device=y0.device).expand(y0.shape)
-    except RuntimeError:
-        raise ValueError(
-            f"{name} of shape {tuple(tol.shape)} does not broadcast to the state's shape {tuple(y0.shape)}"
-        ) from None
