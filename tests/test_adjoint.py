@@ -485,3 +485,29 @@ def test_repr_and_equality():
     assert ContinuousAdjoint() != ContinuousAdjoint(norm="seminorm")
     assert ContinuousAdjoint.name == "adjoint" and not ContinuousAdjoint.exact
     assert {m.norm for m in ContinuousAdjoint.configurations()} == {"default", "seminorm"}
+
+
+def test_backward_steps_with_per_component_tolerances_of_a_tuple_state():
+    """``steps=AdaptiveSteps(rtol=(...), atol=(...))``: a tolerance per tuple component, shaped
+    by the state's layout, gives the gradient of backprop to about the tolerance."""
+    func = Field()
+    x0, v0 = randn(2, 3, seed=1).requires_grad_(True), randn(2, 3, seed=2).requires_grad_(True)
+    t = torch.tensor([0.0, 0.5, 1.0], dtype=DTYPE)
+
+    def oscillator(t, state):
+        x, v = state
+        return v, -func(t, x)
+
+    def grads(gradient):
+        xs, vs = symode.solve(
+            oscillator, (x0, v0), t, steps=TIGHT, gradient=gradient, adjoint_params=tuple(func.parameters())
+        ).ys
+        loss = xs.pow(2).sum() + vs[-1].sum()
+        return torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, (x0, v0, *func.parameters()))])
+
+    ref = grads("backprop")
+    steps = symode.AdaptiveSteps(rtol=(1e-10, 1e-10), atol=(1e-10, torch.full((2, 3), 1e-10, dtype=DTYPE)))
+    got = grads(ContinuousAdjoint(steps=steps))
+    assert float((got - ref).norm() / ref.norm()) < 1e-7
+    loose = grads(ContinuousAdjoint(steps=symode.AdaptiveSteps(rtol=(1e-10, 1e-2), atol=(1e-10, 1e-2))))
+    assert float((loose - ref).norm() / ref.norm()) > float((got - ref).norm() / ref.norm())

@@ -106,12 +106,10 @@ def solve(
     layout = StateLayout.of(y0)
     ts, t_out = _output_times(t)
     if steps is None:
-        tableau.check_adaptive()
         steps = AdaptiveSteps()
     elif not isinstance(steps, (FixedSteps, AdaptiveSteps)):
         raise TypeError(f"steps must be symode.FixedSteps or symode.AdaptiveSteps, got {steps!r}")
-    adaptive = isinstance(steps, AdaptiveSteps)
-    if adaptive:
+    if isinstance(steps, AdaptiveSteps):
         tableau.check_adaptive()
     params, explicit = _parameters(func, adjoint_params)
     if ts.requires_grad and not grad_method.time_gradient:
@@ -120,6 +118,9 @@ def solve(
             f"output times: t gets no gradient",
             stacklevel=2,
         )
+    rtol = atol = norm = None
+    if isinstance(steps, AdaptiveSteps):
+        rtol, atol, norm = layout.tolerance(steps.rtol, "rtol"), layout.tolerance(steps.atol, "atol"), layout.norm
     problem = ODEProblem(
         func=layout.wrap(func),
         y0=layout.flat_y0,
@@ -127,9 +128,9 @@ def solve(
         tableau=tableau,
         steps=steps,
         layout=layout,
-        rtol=layout.tolerance(steps.rtol, "rtol") if isinstance(steps, AdaptiveSteps) else None,
-        atol=layout.tolerance(steps.atol, "atol") if isinstance(steps, AdaptiveSteps) else None,
-        norm=layout.norm if adaptive else None,
+        rtol=rtol,
+        atol=atol,
+        norm=norm,
         params=params,
         params_explicit=explicit,
         t=ts if ts.requires_grad and ts.is_floating_point() and grad_method.time_gradient else None,

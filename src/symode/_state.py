@@ -79,8 +79,9 @@ class StateLayout:
             if not isinstance(y, torch.Tensor):
                 raise TypeError(f"this layout's state is one tensor, got {type(y).__name__}")
             return y
-        if isinstance(y, torch.Tensor) or len(y) != len(self.components):
-            raise TypeError(f"this layout's state is a tuple of {len(self.components)} tensors, got {y!r:.80}")
+        if not isinstance(y, (tuple, list)) or len(y) != len(self.components):
+            got = f"a {type(y).__name__}" + (f" of length {len(y)}" if isinstance(y, (tuple, list)) else "")
+            raise TypeError(f"this layout's state is a tuple of {len(self.components)} tensors, got {got}")
         return torch.cat([c.reshape(-1) for c in y])
 
     def unflatten(self, flat: torch.Tensor, lead: tuple[int, ...] = ()) -> State:
