@@ -13,6 +13,9 @@ import torch
 
 import symode
 
+# torch.compile: a cold inductor cache compiles for tens of seconds
+pytestmark = pytest.mark.slow
+
 
 class MLP(torch.nn.Module):
     def __init__(self):

@@ -135,6 +135,7 @@ def _peak(func, y0, t, n, gradient):
     return peak_memory(_iteration, func, y0, t, n, gradient).peak_bytes
 
 
+@pytest.mark.slow
 def test_memory_orders_as_the_theory_says_and_the_cap_is_flat():
     """backprop ~ one checkpoint > checkpoint > symplectic adjoint; the continuous adjoint
     flat in N; with max_checkpoints the

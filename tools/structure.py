@@ -6,7 +6,9 @@ what it imports from symode. Then the rules:
 1. the core (``symode`` and ``symode.gradients``) never imports ``symode.bench``
    (``symode/__main__.py``, the ``python -m symode`` entry point of the command, aside);
 2. no module of the package is over 400 lines (the scripts' sizes are listed);
-3. no private name crosses a package: a module imports a name starting with ``_`` (or a
+3. the command's module, ``symode.bench.cli``, only parses and wires: no function of it over
+   60 lines;
+4. no private name crosses a package: a module imports a name starting with ``_`` (or a
    private module ``symode._x``) only from its own package (``symode.bench`` modules from
    ``symode.bench``, the core from the core); the benchmark scripts only public names.
 
@@ -22,6 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 SRC = ROOT / "src"
 MAX_LINES = 400
+MAX_CLI_FUNCTION = 60
 
 
 def module_name(path: Path) -> str:
@@ -76,7 +79,14 @@ def main() -> int:
         is_package = path.name == "__init__.py"
         module = f"benchmarks/{path.name}" if is_script else module_name(path)
         own = "benchmarks" if is_script else package_of(module, is_package)
-        found = imports(ast.parse(text), module if not is_script else "benchmarks", is_package)
+        tree = ast.parse(text)
+        found = imports(tree, module if not is_script else "benchmarks", is_package)
+        if module == "symode.bench.cli":
+            for node in ast.walk(tree):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    length = (node.end_lineno or node.lineno) - node.lineno + 1
+                    if length > MAX_CLI_FUNCTION:
+                        problems.append(f"{module}: {node.name}() has {length} lines (more than {MAX_CLI_FUNCTION})")
         rows.append((module, lines, found))
         if lines > MAX_LINES and not is_script:
             problems.append(f"{module}: {lines} lines (more than {MAX_LINES})")
@@ -101,8 +111,8 @@ def main() -> int:
             print("  " + p)
         return 1
     print(
-        f"ok: the core never imports symode.bench; no module over {MAX_LINES} lines; "
-        f"no private name imported across packages ({len(rows)} files)"
+        f"ok: the core never imports symode.bench; no module over {MAX_LINES} lines; no function of the CLI "
+        f"over {MAX_CLI_FUNCTION} lines; no private name imported across packages ({len(rows)} files)"
     )
     return 0
 
