@@ -11,8 +11,8 @@ one tensor (computed in float64, as in the eager step, then cast to the state's 
 as Python floats, which ``torch.compile`` would specialise on (a recompilation per step
 size). Evaluations are counted outside the graph. The compiled graphs are cached by
 ``torch.compile`` (per code, guarded on the tableau, ``func``, shapes, dtype and grad mode):
-the first solve of a configuration compiles (25-28 s on a 2-core CPU with an empty inductor
-cache, 6-7 s with a warm one: ``benchmarks/compile_speed.py``), later ones reuse it.
+the first solve of a configuration compiles (20-28 s on a 2-core CPU with an empty inductor
+cache, 6-7.5 s with a warm one: ``benchmarks/compile_speed.py``), later ones reuse it.
 
 Limit: torch.compile cannot differentiate its graphs twice. A ``func`` that differentiates
 itself with ``create_graph=True`` (a continuous normalizing flow's trace estimate) cannot be
