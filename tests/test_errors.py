@@ -183,7 +183,6 @@ def test_fixed_method_without_step_size(method):
     "option,value",
     [
         ("first_step", 0.01),
-        ("max_num_steps", 10),
         ("controller", "i"),
         ("safety", 0.8),
         ("ifactor", 5.0),
@@ -193,6 +192,20 @@ def test_fixed_method_without_step_size(method):
 def test_adaptive_option_with_step_size(option, value):
     with pytest.raises(ValueError, match=rf"option\(s\) \[{option!r}\] apply to adaptive steps.*'step_size'"):
         symode.odeint(decay, Y0, T, method="dopri5", options={"step_size": 0.1, option: value})
+
+
+def test_max_num_steps_limits_fixed_steps_before_any_step():
+    """``max_num_steps`` limits fixed steps too, checked before the grid of times is built
+    (``step_size=1e-9`` on [0, 1] would otherwise build a list of 1e9 times)."""
+    with pytest.raises(symode.SolveError, match=r"step_size=1e-09 takes 1000000000 steps .* max_num_steps = 100000"):
+        symode.odeint(decay, Y0, T, method="rk4", options={"step_size": 1e-9})
+    with pytest.raises(symode.SolveError, match=r"takes 20 steps .* max_num_steps = 10"):
+        symode.odeint(decay, Y0, T, method="rk4", options={"step_size": 0.05, "max_num_steps": 10})
+    ys = symode.odeint(decay, Y0, T, method="rk4", options={"step_size": 0.05, "max_num_steps": 20})
+    assert torch.allclose(ys[-1], Y0 * math.exp(-1.0), rtol=1e-6)
+    grid = torch.linspace(0.0, 1.0, 12, dtype=torch.float64)
+    with pytest.raises(symode.SolveError, match=r"grid takes 12 steps"):  # the grid's 11 and t = 0.5 splits one
+        symode.solve(decay, Y0, T, method="rk4", steps=symode.FixedSteps(grid=grid, max_num_steps=10))
 
 
 def test_step_size_and_grid_together():

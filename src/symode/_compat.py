@@ -5,8 +5,9 @@ torchdiffeq's ``options`` dict is translated into a step-size rule here, once, b
 
 * fixed steps: ``step_size`` (steps per output interval) or ``grid`` (step endpoints);
   any method, adaptive ones included, takes fixed steps when given one of them;
-* adaptive steps: ``first_step``, ``max_num_steps``, ``controller`` (``"pi"`` or ``"i"``),
-  ``safety``, ``ifactor``, ``dfactor``.
+* adaptive steps: ``first_step``, ``controller`` (``"pi"`` or ``"i"``), ``safety``,
+  ``ifactor``, ``dfactor``;
+* both: ``max_num_steps``.
 
 ``odeint_adjoint``'s ``adjoint_options`` are translated the same way, for the backward solve
 (plus ``"norm"``: ``"default"`` or ``"seminorm"``).
@@ -39,7 +40,8 @@ Method = str | ButcherTableau
 Params = Sequence[torch.Tensor] | None
 
 _FIXED_OPTIONS = ("step_size", "grid")
-_ADAPTIVE_OPTIONS = ("first_step", "max_num_steps", "controller", "safety", "ifactor", "dfactor")
+_ADAPTIVE_OPTIONS = ("first_step", "controller", "safety", "ifactor", "dfactor")
+_BOTH_OPTIONS = ("max_num_steps",)  # the limit on the steps of a solve, fixed or adaptive
 
 
 def make_steps(
@@ -51,18 +53,19 @@ def make_steps(
     size within each output interval, the last one shortened to end on the output time) or
     ``grid`` (the step endpoints; the output times are added) — any method, adaptive ones
     included, then takes fixed steps — and, for adaptive steps, ``first_step``,
-    ``max_num_steps``, ``controller`` (``"i"`` or ``"pi"``), ``safety``, ``ifactor`` and
-    ``dfactor`` (see :class:`symode.AdaptiveSteps`). An unknown key, or keys of both kinds,
-    raise ``ValueError``; a fixed-step method without a step size raises ``ValueError``.
+    ``controller`` (``"i"`` or ``"pi"``), ``safety``, ``ifactor`` and ``dfactor`` (see
+    :class:`symode.AdaptiveSteps`); ``max_num_steps`` (default 100000) limits either kind. An
+    unknown key, or keys of both kinds, raise ``ValueError``; a fixed-step method without a
+    step size raises ``ValueError``.
     """
     options = {} if options is None else options
     if not isinstance(options, Mapping):
         raise TypeError(f"options must be a dict, got {type(options).__name__}")
-    unknown = sorted(set(options) - set(_FIXED_OPTIONS) - set(_ADAPTIVE_OPTIONS))
+    unknown = sorted(set(options) - set(_FIXED_OPTIONS) - set(_ADAPTIVE_OPTIONS) - set(_BOTH_OPTIONS))
     if unknown:
         raise ValueError(
             f"unknown option(s) {unknown}; symode's options are {list(_FIXED_OPTIONS)} for fixed "
-            f"steps and {list(_ADAPTIVE_OPTIONS)} for adaptive steps"
+            f"steps, {list(_ADAPTIVE_OPTIONS)} for adaptive steps and {list(_BOTH_OPTIONS)} for both"
         )
     tableau = get_tableau(method)
     fixed = {k: options[k] for k in _FIXED_OPTIONS if options.get(k) is not None}
@@ -73,7 +76,7 @@ def make_steps(
                 f"option(s) {mixed} apply to adaptive steps, but {sorted(fixed)} asks for fixed steps; "
                 f"give one or the other"
             )
-        return FixedSteps(**fixed)
+        return FixedSteps(**fixed, **{k: options[k] for k in _BOTH_OPTIONS if k in options})
     tableau.check_adaptive()
     return AdaptiveSteps(rtol=rtol, atol=atol, **options)
 

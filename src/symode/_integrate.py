@@ -64,6 +64,23 @@ def _check_finite(y: torch.Tensor, t: float, stats: Stats) -> None:
         )
 
 
+def _check_progress(
+    y: torch.Tensor, y_next: torch.Tensor, ks: Sequence[torch.Tensor | None], t: float, t_next: float, stats: Stats
+) -> None:
+    """A float16/bfloat16 step that leaves the state exactly as it was while ``f`` is not zero:
+    the increments round away, and the solve would silently return (nearly) ``y0``."""
+    with torch.no_grad():
+        if torch.equal(y_next, y) and any(k is not None and bool(k.ne(0).any()) for k in ks):
+            raise SolveError(
+                f"the step from t = {t!r} to t = {t_next!r} left the {str(y.dtype).replace('torch.', '')} state "
+                f"unchanged although f is not zero there: its increments are below what the dtype resolves "
+                f"(after {stats.num_accepted} accepted steps). Take larger steps (a larger step_size, or looser "
+                f"rtol/atol), or solve in float32 (y0.float())",
+                t,
+                stats.num_accepted,
+            )
+
+
 def integrate(
     rhs: Callable[..., torch.Tensor],
     y0: torch.Tensor,
@@ -93,6 +110,7 @@ def integrate(
     Raises ``SolveError`` if the solve cannot succeed.
     """
     stats = Stats() if stats is None else stats
+    low_precision = y0.dtype in (torch.float16, torch.bfloat16)  # the dtypes whose steps can round away
     if step is None:
         step = functools.partial(rk_step, rhs, tableau)
     t = float(t_out[0])
@@ -125,6 +143,7 @@ def integrate(
         points, idx, point_anchors = steps.plan(t_out)
         k1 = f0
         for n, t_next in enumerate(points[1:]):
+            y_prev = y
             y, _, ks, Ys = step(
                 t,
                 t_next,
@@ -134,6 +153,9 @@ def integrate(
                 keep_stage_states=keep_stages,
                 dts=carriers(point_anchors[n], point_anchors[n + 1]),
             )
+            if low_precision:
+                _check_progress(y_prev, y, ks, t, t_next, stats)
+            del y_prev
             k1 = ks[-1] if fsal else None
             t = t_next
             accept(t, y, Ys, point_anchors[n + 1])
@@ -175,7 +197,7 @@ def integrate(
             )
     prev_ratio = 1.0
     after_reject = False
-    ratio = float("nan")
+    ratio: float | None = None  # the last step's error ratio (None: no step tried yet)
     for k, target in enumerate(t_out[1:]):
         while t != target:
             if stats.num_steps >= steps.max_num_steps:
@@ -186,15 +208,16 @@ def integrate(
                     t,
                     stats.num_accepted,
                 )
-            if h <= 4 * math.ulp(max(abs(t), abs(target))) or not math.isfinite(h):
+            if h <= 4 * math.ulp(abs(t)) or not math.isfinite(h):  # t + h would not move t
+                if ratio is None:
+                    cause = "no step was tried: the first step is below what t resolves; give a larger first_step. "
+                elif not math.isfinite(ratio):
+                    cause = "the state or f became non-finite there. "
+                else:
+                    cause = "the problem may be stiff or singular there, or rtol/atol too tight. "
                 raise SolveError(
                     f"step size underflow (h = {h!r}) at t = {t!r}, after {stats.num_accepted} accepted "
-                    f"and {stats.num_rejected} rejected steps (last error ratio {ratio!r}); "
-                    + (
-                        "the state or f became non-finite there. "
-                        if not math.isfinite(ratio)
-                        else "the problem may be stiff or singular there, or rtol/atol too tight. "
-                    ),
+                    f"and {stats.num_rejected} rejected steps (last error ratio {ratio!r}); " + cause,
                     t,
                     stats.num_accepted,
                 )
@@ -213,6 +236,8 @@ def integrate(
             factor = steps.factor(ratio, prev_ratio, exponent, accepted, after_reject)
             h = h_taken * factor
             if accepted:
+                if low_precision:
+                    _check_progress(y, y_next, ks, t, t_next, stats)
                 t, y = t_next, y_next
                 k1 = ks[-1] if fsal else None
                 accept(t, y, Ys, k + 1 if clipped else k)

@@ -46,6 +46,8 @@ class ODEProblem:
         norm: the error norm of adaptive steps on ``y0``'s shape (``None`` for fixed steps).
         params: the tensors to differentiate besides ``y0`` (those that require grad).
         params_explicit: whether the user named them (``adjoint_params``).
+        buffers: the buffers of ``func`` when it is an ``nn.Module`` (the methods that
+            evaluate ``func`` again in a backward pass check that it leaves them alone).
         t: the output times as the user gave them, when their gradient is asked for (else
             ``None``).
         compile: take the forward steps with ``torch.compile`` (``symode._compiled``).
@@ -63,6 +65,7 @@ class ODEProblem:
     norm: Norm | None = None
     params: tuple[torch.Tensor, ...] = ()
     params_explicit: bool = False
+    buffers: tuple[torch.Tensor, ...] = ()
     t: torch.Tensor | None = None
     compile: bool = False
     stats: Stats = field(default_factory=Stats)

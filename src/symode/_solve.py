@@ -121,6 +121,7 @@ def solve(
     rtol = atol = norm = None
     if isinstance(steps, AdaptiveSteps):
         rtol, atol, norm = layout.tolerance(steps.rtol, "rtol"), layout.tolerance(steps.atol, "atol"), layout.norm
+        _check_resolvable(rtol, layout.flat_y0.dtype)
     problem = ODEProblem(
         func=layout.wrap(func),
         y0=layout.flat_y0,
@@ -133,6 +134,7 @@ def solve(
         norm=norm,
         params=params,
         params_explicit=explicit,
+        buffers=tuple(func.buffers()) if isinstance(func, torch.nn.Module) else (),
         t=ts if ts.requires_grad and ts.is_floating_point() and grad_method.time_gradient else None,
         compile=compile,
     )
@@ -142,6 +144,21 @@ def solve(
 
 
 # --------------------------------------------------------------------------------------
+def _check_resolvable(rtol: float | torch.Tensor, dtype: torch.dtype) -> None:
+    """A float16/bfloat16 state cannot be held to a relative tolerance below its resolution:
+    the controller would shrink the steps until their increments round away."""
+    if dtype not in (torch.float16, torch.bfloat16):
+        return
+    eps = torch.finfo(dtype).eps
+    largest = float(rtol.max()) if isinstance(rtol, torch.Tensor) else rtol
+    if largest < eps:
+        name = str(dtype).replace("torch.", "")
+        raise ValueError(
+            f"rtol = {largest:g} is finer than a {name} state resolves (its machine epsilon is {eps:g}): give "
+            f"rtol >= {eps:g} (e.g. rtol=1e-2), or solve in float32 (y0.float())"
+        )
+
+
 def _output_times(t: Any) -> tuple[torch.Tensor, list[float]]:
     if not isinstance(t, torch.Tensor):
         try:

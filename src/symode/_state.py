@@ -8,7 +8,8 @@ symode (the bench's peer adapters, a user's own tools) flattens states the same 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 import torch
@@ -88,13 +89,13 @@ class StateLayout:
         """The inverse of :meth:`flatten`; ``lead``: leading dimensions of ``flat`` kept in
         front of each component's shape (``(len(t),)`` for stacked outputs)."""
         if self.components is None:
-            return flat.reshape(*lead, *self.flat_y0.shape)
+            return flat.reshape((*lead, *self.flat_y0.shape))
         return self.split(flat, lead)
 
     def split(self, flat: torch.Tensor, lead: tuple[int, ...] = ()) -> tuple[torch.Tensor, ...]:
         components, sizes = self.components or (), self.sizes or []
         parts = torch.split(flat, sizes, dim=-1)
-        return tuple(p.reshape(*lead, *c.shape) for p, c in zip(parts, components))
+        return tuple(p.reshape((*lead, *c.shape)) for p, c in zip(parts, components))
 
     def tolerance(self, tol: Any, name: str) -> float | torch.Tensor:
         """A tolerance as a float or a tensor shaped like the flat state."""
@@ -129,11 +130,15 @@ class StateLayout:
         return float(tol)
 
     def wrap(self, func: Callable[..., Any]) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-        """``func`` on the flat state, checking what it returns."""
+        """``func`` on the flat state, checking what it returns and that it leaves its argument
+        alone (see :class:`_Mutations`)."""
+        guard = _Mutations()
         if self.components is None:
 
             def flat_func(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+                version = y._version
                 out = func(t, y)
+                guard.check(y, version, (out,))
                 if (
                     not isinstance(out, torch.Tensor)
                     or out.shape != y.shape
@@ -147,7 +152,9 @@ class StateLayout:
 
         def tuple_func(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
             parts = self.split(y)
+            version = y._version  # the parts are views of y: they share its version counter
             out = func(t, parts)
+            guard.check(y, version, out if isinstance(out, (tuple, list)) else (out,))
             if not isinstance(out, (tuple, list)) or len(out) != len(parts):
                 raise TypeError(
                     f"func must return a tuple of {len(parts)} tensors like y0, got "
@@ -161,10 +168,38 @@ class StateLayout:
         return tuple_func
 
 
+class _Mutations:
+    """What ``func`` must not do, found with torch's version counters (no copies, no extra
+    memory): write into its argument ``y`` (the solver's state: under backprop the user's
+    ``y0`` itself), or return a tensor it returned before after overwriting it (a reused output
+    buffer: the earlier stage derivative, still in use, would change under the solver). A
+    cached tensor returned unchanged, such as a constant field, is fine."""
+
+    def __init__(self) -> None:
+        self.last: list[tuple[weakref.ref[torch.Tensor], int]] = []
+
+    def check(self, y: torch.Tensor, version: int, outputs: Sequence[Any]) -> None:
+        if y._version != version:
+            raise ValueError(
+                "func modified its argument y in place (e.g. y.mul_(-1) or y[...] = ...); y is the solver's "
+                "state, which later stages and the backward pass still use. Compute dy/dt into a new tensor "
+                "(e.g. -y instead of y.mul_(-1))"
+            )
+        for ref, seen in self.last:
+            earlier = ref()
+            if earlier is not None and earlier._version != seen and any(o is earlier for o in outputs):
+                raise ValueError(
+                    "func returned the same tensor as in an earlier call after overwriting it (a reused output "
+                    "buffer, e.g. torch.mul(y, -1, out=buffer)); the earlier result is still in use by the "
+                    "solver. Return a new tensor from each call"
+                )
+        self.last = [(weakref.ref(o), o._version) for o in outputs if isinstance(o, torch.Tensor)]
+
+
 def _check_tensor(y: torch.Tensor, name: str) -> None:
     if y.dtype not in FLOAT_DTYPES:
         raise TypeError(
-            f"{name} must have a real floating dtype (float32 or float64), got {y.dtype}; "
+            f"{name} must have a real floating dtype (float16, bfloat16, float32 or float64), got {y.dtype}; "
             f"convert it, e.g. {name}.double()"
         )
     if y.numel() == 0:

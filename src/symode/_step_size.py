@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from ._checks import is_real, optional_positive_float, positive_float, positive_int
+from ._stats import SolveError
 
 __all__ = [
     "FixedSteps",
@@ -35,6 +36,8 @@ __all__ = [
 #: The default tolerances of adaptive steps (torchdiffeq's), everywhere in symode.
 DEFAULT_RTOL = 1e-7
 DEFAULT_ATOL = 1e-9
+#: The default limit on the steps of one solve, fixed or adaptive.
+DEFAULT_MAX_NUM_STEPS = 100_000
 
 Norm = Callable[[torch.Tensor], torch.Tensor]
 #: A step plan: the step endpoints (``t[0]`` first), the grid index of each output time and,
@@ -71,13 +74,21 @@ class FixedSteps:
     (a remainder below 1e-9 of ``h`` is absorbed instead of taking a sliver of a step).
     With ``grid`` the steps end at the grid points and at every output time; the grid must
     start at ``t[0]`` and end at ``t[-1]``. ``grid`` may be given as a 1-D tensor or any
-    sequence of times; it is stored as a tuple of floats.
+    sequence of times; it is stored as a tuple of floats. More than ``max_num_steps`` steps
+    is an error, raised before any step is taken (or any list of times built).
     """
 
     step_size: float | None = None
     grid: tuple[float, ...] | None = None
+    max_num_steps: int = DEFAULT_MAX_NUM_STEPS
 
-    def __init__(self, step_size: float | None = None, grid: Sequence[float] | torch.Tensor | None = None) -> None:
+    def __init__(
+        self,
+        step_size: float | None = None,
+        grid: Sequence[float] | torch.Tensor | None = None,
+        max_num_steps: int = DEFAULT_MAX_NUM_STEPS,
+    ) -> None:
+        object.__setattr__(self, "max_num_steps", positive_int(max_num_steps, "max_num_steps"))
         if (step_size is None) == (grid is None):
             raise ValueError(
                 "fixed steps need exactly one of step_size (e.g. options={'step_size': 0.01}) "
@@ -112,12 +123,12 @@ class FixedSteps:
         of a user grid). With ``step_size`` a point ``t_k + i h`` moves with ``t_k``."""
         if self.step_size is not None:
             h = self.step_size
+            counts = [max(1, math.ceil(abs(b - a) / h - 1e-9)) for a, b in zip(t_out, t_out[1:])]
+            self._check_count(sum(counts), t_out, f"step_size={h!r}")
             points = [t_out[0]]
             out_idx = [0]
             anchors: list[int | None] = [0]
-            for k, (a, b) in enumerate(zip(t_out, t_out[1:])):
-                q = abs(b - a) / h
-                n = max(1, math.ceil(q - 1e-9))
+            for k, ((a, b), n) in enumerate(zip(zip(t_out, t_out[1:]), counts)):
                 d = 1.0 if b > a else -1.0
                 points.extend(a + d * i * h for i in range(1, n))
                 anchors.extend([k] * (n - 1))
@@ -126,7 +137,10 @@ class FixedSteps:
                 out_idx.append(len(points) - 1)
             return points, out_idx, anchors
         grid = self.grid
-        assert grid is not None  # exactly one of step_size and grid is set (__init__)
+        assert grid is not None
+        self._check_count(
+            len(set(grid) | set(t_out)) - 1, t_out, "grid"
+        )  # exactly one of step_size and grid is set (__init__)
         if grid[0] != t_out[0] or grid[-1] != t_out[-1]:
             raise ValueError(
                 f"grid must start at t[0] = {t_out[0]!r} and end at t[-1] = {t_out[-1]!r}; "
@@ -139,6 +153,16 @@ class FixedSteps:
         index = {p: i for i, p in enumerate(points)}
         outputs = {t: k for k, t in enumerate(t_out)}
         return points, [index[t] for t in t_out], [outputs.get(p) for p in points]
+
+    def _check_count(self, num_steps: int, t_out: Sequence[float], what: str) -> None:
+        if num_steps > self.max_num_steps:
+            raise SolveError(
+                f"{what} takes {num_steps} steps from t = {t_out[0]!r} to t = {t_out[-1]!r}, more than "
+                f"max_num_steps = {self.max_num_steps}; raise max_num_steps (options['max_num_steps']) or take "
+                f"larger steps",
+                t_out[0],
+                0,
+            )
 
 
 @dataclass(frozen=True)
@@ -186,7 +210,7 @@ class AdaptiveSteps:
     safety: float = 0.9
     ifactor: float = 10.0
     dfactor: float = 0.2
-    max_num_steps: int = 100_000
+    max_num_steps: int = DEFAULT_MAX_NUM_STEPS
 
     def __post_init__(self) -> None:
         check_tolerance(self.rtol, "rtol")

@@ -16,7 +16,6 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 import torch
-from torch.autograd.function import once_differentiable
 
 from .._integrate import Trajectory
 from .._ivp import ODEProblem
@@ -36,7 +35,7 @@ class RecordingMethod(GradientMethod):
             with torch.no_grad():
                 trajectory = problem.integrate()
             return torch.stack(trajectory.outputs), trajectory
-        f0 = first_evaluation_checked(problem, type(self).__name__)
+        f0 = first_evaluation_checked(problem, type(self).__name__, self.exact)
         holder: dict[str, Trajectory] = {}
         t = problem.t if problem.t is not None else torch.empty(0)
         ys = _RecordedSolve.apply(self, problem, f0, holder, problem.y0, t, *problem.params)
@@ -132,11 +131,29 @@ class _RecordedSolve(torch.autograd.Function):
         trajectory = method.record(problem, y0.detach(), f0)
         holder["trajectory"] = trajectory
         ctx.method, ctx.problem, ctx.trajectory = method, problem, trajectory
+        # saved (references, no copies) so that autograd's version check catches an in-place
+        # change of y0 or a parameter between this forward pass and the backward pass; a tuple
+        # state's components are checked by hand (y0 is their concatenation)
+        ctx.save_for_backward(y0, *params)
+        ctx.component_versions = [(c, c._version) for c in problem.layout.components or ()]
         return torch.stack(trajectory.outputs)
 
     @staticmethod
-    @once_differentiable  # the backward passes are not themselves differentiable: say so, loudly
     def backward(ctx, grad_ys: torch.Tensor):
+        name = type(ctx.method).__name__
+        if torch.is_grad_enabled():  # backward(create_graph=True): a second derivative is wanted
+            raise RuntimeError(
+                f"{name} cannot be differentiated twice (a backward pass with create_graph=True, e.g. a gradient "
+                f"penalty): its backward pass is not itself differentiable, and the solver's part of the second "
+                f"derivative would be missing. Use gradient='backprop' for second derivatives"
+            )
+        ctx.saved_tensors  # noqa: B018  (raises torch's error if y0 or a parameter changed in place)
+        for i, (c, version) in enumerate(ctx.component_versions):
+            if c._version != version:
+                raise RuntimeError(
+                    f"y0[{i}] was modified in place after the forward solve and before backward(); the gradient "
+                    f"would belong to no solve that was computed. Call backward() before changing it"
+                )
         problem = ctx.problem
         params = problem.params
         wanted = [p.requires_grad for p in params]
@@ -149,17 +166,24 @@ class _RecordedSolve(torch.autograd.Function):
         return (None, None, None, None, grad_y0, grad_t, *[next(grads) if w else None for w in wanted])
 
 
-def first_evaluation_checked(problem: ODEProblem, method_name: str) -> torch.Tensor:
+def first_evaluation_checked(problem: ODEProblem, method_name: str, exact: bool = True) -> torch.Tensor:
     """Evaluate ``f(t0, y0)`` once with a graph, to find tensors that ``f`` uses and that
     require grad but are not among the parameters: a custom backward pass could give them no
-    gradient, so that would be a silent error. Returns the evaluation, detached, for reuse."""
+    gradient, so that would be a silent error. Also checks that ``f`` draws no random numbers
+    and leaves its module's buffers alone: a backward pass that evaluates ``f`` again would
+    draw other numbers or change the buffers again (an error for an exact method, a warning
+    for the continuous adjoint, whose gradient is approximate anyway). Returns the
+    evaluation, detached, for reuse."""
     t0 = problem.time(problem.t_out[0])
     y = problem.y0.detach().requires_grad_(True)  # f sees a state that requires grad, as in a backward pass
+    buffers = [(b, b._version) for b in problem.buffers]
+    rng = _rng_states(y.device)
     with torch.enable_grad():
         problem.stats.nfe_forward += 1
         f0 = problem.func(t0, y)
         known = {id(p) for p in problem.params} | {id(t0), id(y)}
         foreign = [v for v in _graph_leaves(f0) if id(v) not in known]
+    _check_replayable(method_name, rng, _rng_states(y.device), buffers, exact)
     if foreign:
         shapes = ", ".join(str(tuple(v.shape)) for v in foreign)
         message = (
@@ -174,6 +198,47 @@ def first_evaluation_checked(problem: ODEProblem, method_name: str) -> torch.Ten
                 "nn.Module that holds them as parameters."
             )
     return f0.detach()
+
+
+def _rng_states(device: torch.device) -> list[torch.Tensor]:
+    """The states of the random generators ``f`` may draw from: the CPU's, and the state's
+    CUDA device's."""
+    states = [torch.random.get_rng_state()]
+    if device.type == "cuda":
+        states.append(torch.cuda.get_rng_state(device))
+    return states
+
+
+def _check_replayable(
+    method_name: str,
+    before: list[torch.Tensor],
+    after: list[torch.Tensor],
+    buffers: list[tuple[torch.Tensor, int]],
+    exact: bool,
+) -> None:
+    problems = []
+    if any(not torch.equal(a, b) for a, b in zip(before, after)):
+        problems.append(
+            "func draws random numbers (the random generator advanced while f(t0, y0) ran: dropout in "
+            "training mode, torch.randn, ...); the backward pass would draw other ones. Draw the noise once "
+            "outside func (a buffer, as a CNF's Hutchinson noise), put dropout in eval mode (func.eval())"
+        )
+    if any(b._version != v for b, v in buffers):
+        problems.append(
+            "func changes its module's buffers when evaluated (BatchNorm's running statistics, a counter, ...); "
+            "the backward pass would change them again. Put such layers in eval mode (func.eval())"
+        )
+    if not problems:
+        return
+    fix = "; or use gradient='backprop', which does not evaluate func again"
+    if exact:
+        raise ValueError(
+            f"{method_name} evaluates func again in its backward pass, so its gradient would be "
+            f"wrong: " + "; and ".join(problems) + fix
+        )
+    warnings.warn(
+        f"{method_name}'s backward solve evaluates func again: " + "; and ".join(problems) + fix, stacklevel=5
+    )
 
 
 def _graph_leaves(output: torch.Tensor) -> list[torch.Tensor]:

@@ -83,6 +83,8 @@ class SymplecticAdjoint(StepwiseMethod):
             ys = trajectory.ys
             assert ys is not None  # record keeps every state without max_checkpoints
             return ((n, ys[n]) for n in reversed(range(num_steps)))
+        if num_steps == 0:  # a single output time: no step to reverse
+            return iter(())
         return reversed_states(
             num_steps,
             self.max_checkpoints,
