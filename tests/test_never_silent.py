@@ -24,7 +24,7 @@ import pytest
 import torch
 
 import symode
-from symode.gradients import GRADIENT_METHODS, Backprop, ContinuousAdjoint
+from symode.gradients import GRADIENT_METHODS, Backprop
 
 F64 = torch.float64
 E1 = math.exp(-1.0)
@@ -229,22 +229,7 @@ def test_tiny_output_interval(api, gradient):
     torch.testing.assert_close(y0.grad, torch.full_like(y0, E1), rtol=tol, atol=0)
 
 
-TINY_FIRST_STEP_METHODS = [
-    pytest.param(
-        m,
-        id=repr(m),
-        marks=pytest.mark.xfail(
-            strict=True,
-            raises=symode.SolveError,
-            reason="ContinuousAdjoint's backward solve reuses the forward rule, first_step=1e-300 included, "
-            "and starts at t = 1.0, where 1e-300 is below what t resolves: backward() raises SolveError "
-            "'step size underflow ... no step was tried ... give a larger first_step' (the forward solve worked)",
-        ),
-    )
-    if isinstance(m, ContinuousAdjoint)
-    else pytest.param(m, id=repr(m))
-    for m in METHODS
-]
+TINY_FIRST_STEP_METHODS = [pytest.param(m, id=repr(m)) for m in METHODS]
 
 
 @pytest.mark.parametrize("api", APIS)

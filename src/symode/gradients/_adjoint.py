@@ -32,6 +32,7 @@ The error norm of the backward solve (``norm=``):
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -67,7 +68,8 @@ class ContinuousAdjoint(RecordingMethod):
         method: the backward solve's method (name or ``ButcherTableau``).
         steps: the backward solve's step rule, as in ``symode.solve``: ``FixedSteps`` or
             ``AdaptiveSteps`` (its tolerances, controller and limits); ``None`` reuses the
-            forward solve's rule (its step size, grid or controller). ``odeint_adjoint``
+            forward solve's rule (its step size, grid or controller; not its ``first_step``,
+            which belongs to the forward start: the backward solve chooses its own). ``odeint_adjoint``
             translates torchdiffeq's ``adjoint_options`` dict into it.
         norm: ``"default"`` (torchdiffeq's mixed norm over ``y``, ``a`` and each parameter's
             gradient) or ``"seminorm"`` (``y`` and ``a`` only); see the module docstring.
@@ -151,6 +153,11 @@ class ContinuousAdjoint(RecordingMethod):
         settings and the forward problem's."""
         tableau = problem.tableau if self.method is None else get_tableau(self.method)
         steps = problem.steps if self.steps is None else self.steps
+        if self.steps is None and isinstance(steps, AdaptiveSteps) and steps.first_step is not None:
+            # the forward rule's first step belongs to the forward start (t0, y0): the backward
+            # solve starts elsewhere and chooses its own (a first step of 1e-300 taken from the
+            # forward solve could not even move t there)
+            steps = dataclasses.replace(steps, first_step=None)
         rtol = atol = None
         if isinstance(steps, AdaptiveSteps):
             _prefixed(tableau.check_adaptive)
