@@ -32,8 +32,6 @@ E1 = math.exp(-1.0)
 METHODS = [m for cls in GRADIENT_METHODS.values() for m in cls.configurations()]
 EXACT = [m for m in METHODS if m.exact]
 APPROX = [m for m in METHODS if not m.exact]
-# the exact methods with a backward pass of their own (they evaluate func again)
-REPLAYING_EXACT = [m for m in EXACT if not isinstance(m, Backprop)]
 # every method with a recorded (custom) backward pass
 RECORDED = [m for m in METHODS if not isinstance(m, Backprop)]
 
@@ -330,7 +328,8 @@ def test_low_precision_zero_field_is_not_an_error(api):
 
 
 # ======================================================================================
-# 5. a stochastic func: dropout in training mode, random noise
+# 5. a stochastic func: dropout in training mode, random noise (the exact methods' replay:
+#    tests/test_replay.py)
 # ======================================================================================
 class DropoutField(torch.nn.Module):
     def __init__(self):
@@ -378,20 +377,11 @@ def test_stochastic_func_with_backprop(api, field_cls):
 
 @pytest.mark.parametrize("api", APIS)
 @pytest.mark.parametrize("field_cls", STOCHASTIC)
-@pytest.mark.parametrize("gradient", _params(REPLAYING_EXACT))
-def test_stochastic_func_refused_by_replaying_exact_methods(api, gradient, field_cls):
-    field = field_cls()
-    with pytest.raises(ValueError, match=r"draws random numbers.*gradient='backprop'"):
-        integrate(api, field, y0_batch(), tensor([0.0, 0.5]), gradient=gradient, **FIXED_RK4)
-
-
-@pytest.mark.parametrize("api", APIS)
-@pytest.mark.parametrize("field_cls", STOCHASTIC)
 @pytest.mark.parametrize("gradient", _params(APPROX))
 def test_stochastic_func_warns_with_continuous_adjoint(api, gradient, field_cls):
     field = field_cls()
     y0 = y0_batch()
-    with pytest.warns(UserWarning, match=r"draws random numbers.*gradient='backprop'"):
+    with pytest.warns(UserWarning, match=r"draws random numbers.*cannot replay.*exact method"):
         ys = integrate(api, field, y0, tensor([0.0, 0.5]), gradient=gradient, **FIXED_RK4)
     grads = torch.autograd.grad(ys[-1].sum(), [y0, *field.parameters()])
     assert all(bool(torch.isfinite(g).all()) for g in grads)
@@ -419,7 +409,8 @@ def test_dropout_in_eval_mode_matches_backprop(api, gradient):
 
 
 # ======================================================================================
-# 6. BatchNorm in training mode (a func that updates its module's buffers)
+# 6. BatchNorm in training mode (a func that updates its module's buffers; the exact
+#    methods: tests/test_replay.py)
 # ======================================================================================
 class BatchNormField(torch.nn.Module):
     def __init__(self):
@@ -437,14 +428,6 @@ class BatchNormField(torch.nn.Module):
 
 def batch3(requires_grad=True):
     return tensor([[0.3, -0.5, 1.0], [-1.2, 0.4, 0.8]], requires_grad=requires_grad)
-
-
-@pytest.mark.parametrize("api", APIS)
-@pytest.mark.parametrize("gradient", _params(REPLAYING_EXACT))
-def test_batchnorm_training_refused_by_replaying_exact_methods(api, gradient):
-    field = BatchNormField().train()
-    with pytest.raises(ValueError, match=r"buffers.*eval mode.*gradient='backprop'"):
-        integrate(api, field, batch3(), tensor([0.0, 0.5]), gradient=gradient)
 
 
 @pytest.mark.parametrize("api", APIS)

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from ._random import RandomTape
 from ._runge_kutta import rk_step
 from ._stats import SolveError, Stats
 from ._step_size import AdaptiveSteps, FixedSteps, Norm, RecordedSteps, initial_step
@@ -97,6 +98,7 @@ def integrate(
     f0: torch.Tensor | None = None,
     time_carriers: Sequence[torch.Tensor] | None = None,
     step: Callable[..., Any] | None = None,
+    tape: RandomTape | None = None,
 ) -> Trajectory:
     """Solve from ``y0`` at ``t_out[0]`` through the output times ``t_out``.
 
@@ -107,6 +109,8 @@ def integrate(
     ``symode._runge_kutta``), for backpropagation with respect to the output times. ``f0 = rhs(t_out[0], y0)`` may be
     passed if already evaluated. ``step``: takes the steps instead of
     ``rk_step(rhs, tableau, ...)``, with its signature (``symode._compiled.CompiledStep``).
+    ``tape``: told when each trial step starts and ends, to record the random generators'
+    states (``symode._random``; ``rhs`` is then ``tape.recording(...)``).
     Raises ``SolveError`` if the solve cannot succeed.
     """
     stats = Stats() if stats is None else stats
@@ -144,6 +148,8 @@ def integrate(
         k1 = f0
         for n, t_next in enumerate(points[1:]):
             y_prev = y
+            if tape is not None:
+                tape.try_started(k1 is not None)
             y, _, ks, Ys = step(
                 t,
                 t_next,
@@ -156,6 +162,8 @@ def integrate(
             if low_precision:
                 _check_progress(y_prev, y, ks, t, t_next, stats)
             del y_prev
+            if tape is not None:
+                tape.try_ended(True, fsal)
             k1 = ks[-1] if fsal else None
             t = t_next
             accept(t, y, Ys, point_anchors[n + 1])
@@ -225,6 +233,8 @@ def integrate(
             clipped = direction * (target - t_next) <= 0.01 * h
             if clipped:
                 t_next = target
+            if tape is not None:
+                tape.try_started(k1 is not None)
             y_next, err, ks, Ys = step(
                 t, t_next, y, k1, keep_stage_states=keep_stages, dts=carriers(anchors[-1], k + 1 if clipped else k)
             )
@@ -233,6 +243,8 @@ def integrate(
                 ratio = float(norm(err.detach() / scale))
             h_proposed, h_taken = h, abs(t_next - t)
             accepted = ratio <= 1.0
+            if tape is not None:
+                tape.try_ended(accepted, fsal)
             factor = steps.factor(ratio, prev_ratio, exponent, accepted, after_reject)
             h = h_taken * factor
             if accepted:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ._integrate import Trajectory, integrate
+from ._random import RandomTape, StepReplay
 from ._state import StateLayout
 from ._stats import Stats
 from ._step_size import AdaptiveSteps, FixedSteps, Norm
@@ -52,6 +53,10 @@ class ODEProblem:
             ``None``).
         compile: take the forward steps with ``torch.compile`` (``symode._compiled``).
         stats: the counts of this solve; the gradient methods add their backward counts.
+        rng_tape: when ``func`` draws random numbers and an exact method evaluates it again
+            in its backward pass: the random generators' states of the forward solve, per
+            accepted step (``symode._random.RandomTape``), which ``integrate`` records and the
+            backward pass replays (``problem.replay(n)``); ``None`` otherwise.
     """
 
     func: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -69,6 +74,7 @@ class ODEProblem:
     t: torch.Tensor | None = None
     compile: bool = False
     stats: Stats = field(default_factory=Stats)
+    rng_tape: RandomTape | None = None
 
     def time(self, t: float) -> torch.Tensor:
         """The time tensor handed to ``func``: 0-dim, of the state's dtype and device."""
@@ -100,6 +106,8 @@ class ODEProblem:
         stage states of every step; ``f0 = f(t0, y0)`` if already evaluated;
         ``time_carriers``: see ``time_carriers``."""
         rhs, step = self.rhs(), None
+        if self.rng_tape is not None:
+            rhs = self.rng_tape.recording(rhs)
         if self.compile:  # imported here: torch.compile's machinery is slow to import
             from ._compiled import CompiledStep
 
@@ -122,7 +130,14 @@ class ODEProblem:
             f0=f0,
             time_carriers=time_carriers,
             step=step,
+            tape=self.rng_tape,
         )
+
+    def replay(self, n: int, capture: bool = False) -> StepReplay | None:
+        """The replay of accepted step ``n``'s random numbers (``symode._random``), or ``None``
+        when ``func`` draws none: wrap the step's ``rhs`` with it (``replay.wrap(rhs)``), and
+        evaluate the stages from the first, in order."""
+        return None if self.rng_tape is None else self.rng_tape.step(n, capture)
 
     @property
     def wants_time_grad(self) -> bool:

@@ -45,6 +45,7 @@ from .._stats import Stats
 from .._step_size import AdaptiveSteps, FixedSteps, Tolerance, check_tolerance, rms_norm
 from .._tableau import ButcherTableau
 from ._base import GradientMethod
+from ._first_evaluation import check_closures
 from ._recording import RecordingMethod
 
 __all__ = ["ContinuousAdjoint"]
@@ -243,6 +244,7 @@ class _BackwardSolver:
         with torch.enable_grad():
             y = y.detach().requires_grad_(True)
             f = problem.func(problem.time(t), y)
+            check_closures(problem, f, (y,), "ContinuousAdjoint", "an evaluation of the backward solve")
             vjps: tuple[torch.Tensor | None, ...]
             if f.requires_grad:
                 vjps = torch.autograd.grad(f, (y, *params), -a, allow_unused=True)

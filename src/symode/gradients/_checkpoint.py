@@ -21,6 +21,7 @@ from .._integrate import Trajectory, integrate
 from .._ivp import ODEProblem
 from .._runge_kutta import rk_step
 from .._step_size import RecordedSteps
+from ._first_evaluation import checked_rhs, closure_check
 from ._recording import RecordingMethod, StepwiseMethod, vjp
 
 __all__ = ["Checkpoint", "OneCheckpoint"]
@@ -46,6 +47,9 @@ class Checkpoint(StepwiseMethod):
     def step_back(self, problem, trajectory, n, y, lam, params, param_grads, time_grads):
         t, t_next = trajectory.grid[n], trajectory.grid[n + 1]
         rhs = problem.rhs("nfe_backward")
+        replay = problem.replay(n)  # a stochastic f: the forward step's random numbers
+        if replay is not None:
+            rhs = replay.wrap(rhs)
         stats = problem.stats
 
         def step(y: torch.Tensor, *dts: torch.Tensor) -> torch.Tensor:
@@ -66,7 +70,9 @@ class Checkpoint(StepwiseMethod):
         zero = lam.new_zeros(())
         extra = (zero, zero) if time_grads is not None else ()
         # y_{n+1} = y_n + ...: it always depends on y_n, so its pullback is never None
-        mu, time_cotangents, _ = vjp(step, y, lam, params, param_grads, extra=extra)
+        mu, time_cotangents, _ = vjp(
+            step, y, lam, params, param_grads, extra=extra, check=closure_check(problem, "Checkpoint")
+        )
         if time_grads is not None:
             for m, g in zip((n, n + 1), time_cotangents):
                 if g is not None:
@@ -84,18 +90,57 @@ class OneCheckpoint(RecordingMethod):
         return problem.integrate(y0, f0=f0)
 
     def backward(self, problem, trajectory, grad_ys, params, with_time):
-        rhs = problem.rhs("nfe_backward")
-        grid = RecordedSteps(tuple(trajectory.grid), tuple(trajectory.out_index), tuple(trajectory.anchors))
+        rhs = checked_rhs(problem, problem.rhs("nfe_backward"), "OneCheckpoint")
         carriers = [grad_ys.new_zeros(()).requires_grad_(True) for _ in problem.t_out] if with_time else []
         with torch.enable_grad():
             y0 = trajectory.outputs[0].detach().requires_grad_(True)
             before = problem.stats.nfe_backward
-            outputs = torch.stack(
-                integrate(rhs, y0, problem.t_out, problem.tableau, grid, time_carriers=carriers or None).outputs
-            )
+            if problem.rng_tape is None:
+                grid = RecordedSteps(tuple(trajectory.grid), tuple(trajectory.out_index), tuple(trajectory.anchors))
+                outputs = integrate(
+                    rhs, y0, problem.t_out, problem.tableau, grid, time_carriers=carriers or None
+                ).outputs
+            else:
+                outputs = _replayed_solve(problem, trajectory, rhs, y0, carriers)
+            stacked = torch.stack(outputs)
+            del outputs  # the states themselves need not outlive the stacked copy
             problem.stats.nfe_backward_vjp += problem.stats.nfe_backward - before
-            grads = torch.autograd.grad(outputs, (y0, *carriers, *params), grad_ys, allow_unused=True)
+            grads = torch.autograd.grad(stacked, (y0, *carriers, *params), grad_ys, allow_unused=True)
         n = len(carriers)
         time_grads = [g if g is not None else grad_ys.new_zeros(()) for g in grads[1 : 1 + n]] if with_time else None
         param_grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads[1 + n :])]
         return grads[0], time_grads, param_grads
+
+
+def _replayed_solve(
+    problem: ODEProblem, trajectory: Trajectory, rhs, y0: torch.Tensor, carriers: list[torch.Tensor]
+) -> list[torch.Tensor]:
+    """The forward solve again on the recorded grid, with a graph, replaying a stochastic ``f``'s
+    random numbers step by step (each step evaluates its stages from the first: an FSAL stage is
+    evaluated again at the next step's start, with the same random numbers, so the values are
+    the forward solve's)."""
+    grid, anchors = trajectory.grid, trajectory.anchors
+    zero = y0.new_zeros(())
+
+    def carrier(a: int | None) -> torch.Tensor:
+        return zero if a is None else carriers[a]
+
+    outputs, y = [y0], y0
+    targets = set(trajectory.out_index[1:])
+    for n in range(len(grid) - 1):
+        replay = problem.replay(n)
+        assert replay is not None  # called with a tape only
+        dts = (carrier(anchors[n]), carrier(anchors[n + 1])) if carriers else None
+        y = rk_step(
+            replay.wrap(rhs),
+            problem.tableau,
+            grid[n],
+            grid[n + 1],
+            y,
+            with_error=False,
+            stages=problem.tableau.solution_stages,
+            dts=dts,
+        )[0]
+        if n + 1 in targets:
+            outputs.append(y)
+    return outputs

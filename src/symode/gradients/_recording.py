@@ -11,18 +11,19 @@ state (``states``) and how to pull back through one step (``step_back``).
 from __future__ import annotations
 
 import abc
+import contextlib
+import dataclasses
 import warnings
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
+from typing import Any
 
 import torch
 
 from .._integrate import Trajectory
 from .._ivp import ODEProblem
+from .._random import RandomTape, restored_after, rng_states, same_states, set_rng_states
 from ._base import GradientMethod
-
-if TYPE_CHECKING:
-    from torch.autograd.graph import Node
+from ._first_evaluation import FirstEvaluation, first_evaluation_checked, warn_unreplayable
 
 __all__ = ["RecordingMethod", "StepwiseMethod"]
 
@@ -30,16 +31,34 @@ __all__ = ["RecordingMethod", "StepwiseMethod"]
 class RecordingMethod(GradientMethod):
     """Forward without an autograd graph; a custom backward pass."""
 
+    #: the symplectic adjoint with ``store_stages`` re-evaluates no stage in order in its
+    #: backward pass: a stochastic ``f``'s random numbers are then kept for every stage
+    rng_every_stage: bool = False
+
     def solve(self, problem: ODEProblem) -> tuple[torch.Tensor, Trajectory]:
         if not problem.requires_grad:
             with torch.no_grad():
                 trajectory = problem.integrate()
             return torch.stack(trajectory.outputs), trajectory
-        f0 = first_evaluation_checked(problem, type(self).__name__, self.exact)
-        holder: dict[str, Trajectory] = {}
+        first = first_evaluation_checked(problem, type(self).__name__, self.exact)
+        if first.draws and self.exact:
+            problem = self._with_tape(problem, first)
+        holder: dict[str, Any] = {}
         t = problem.t if problem.t is not None else torch.empty(0)
-        ys = _RecordedSolve.apply(self, problem, f0, holder, problem.y0, t, *problem.params)
+        ys = _RecordedSolve.apply(self, problem, first, holder, problem.y0, t, *problem.params)
         return ys, holder["trajectory"]
+
+    def _with_tape(self, problem: ODEProblem, first: FirstEvaluation) -> ODEProblem:
+        """``problem`` recording the random generators' states for the backward pass to replay."""
+        if problem.compile:
+            raise ValueError(
+                f"{type(self).__name__} cannot replay the random numbers of a func that draws them (dropout in "
+                f"training mode, torch.randn, ...) when the steps are compiled (compile=True): the compiled "
+                f"steps draw other numbers. Use compile=False, or gradient='backprop'"
+            )
+        num_stages = problem.tableau.solution_stages[-1] + 1
+        tape = RandomTape(problem.y0.device, first.before, self.rng_every_stage, num_stages)
+        return dataclasses.replace(problem, rng_tape=tape)
 
     @abc.abstractmethod
     def record(self, problem: ODEProblem, y0: torch.Tensor, f0: torch.Tensor) -> Trajectory:
@@ -122,20 +141,32 @@ class _RecordedSolve(torch.autograd.Function):
         ctx,
         method: RecordingMethod,
         problem: ODEProblem,
-        f0: torch.Tensor,
-        holder: dict[str, Trajectory],
+        first: FirstEvaluation,
+        holder: dict[str, Any],
         y0: torch.Tensor,
         t: torch.Tensor,
         *params,
     ):
-        trajectory = method.record(problem, y0.detach(), f0)
+        trajectory = method.record(problem, y0.detach(), first.f0)
+        if not first.draws and not same_states(rng_states(y0.device), first.after):
+            # f drew random numbers, but not in f(t0, y0): the forward solve again, recording them
+            if not method.exact:
+                warn_unreplayable(type(method).__name__)
+            else:
+                set_rng_states(first.after, y0.device)
+                for name in ("num_accepted", "num_rejected", "nfe_forward"):
+                    setattr(problem.stats, name, 0)
+                problem.stats.nfe_forward = 1
+                problem = method._with_tape(problem, first)
+                trajectory = method.record(problem, y0.detach(), first.f0)
         holder["trajectory"] = trajectory
         ctx.method, ctx.problem, ctx.trajectory = method, problem, trajectory
         # saved (references, no copies) so that autograd's version check catches an in-place
         # change of y0 or a parameter between this forward pass and the backward pass; a tuple
-        # state's components are checked by hand (y0 is their concatenation)
+        # state's components and func's buffers are checked by hand (y0 is their concatenation)
         ctx.save_for_backward(y0, *params)
         ctx.component_versions = [(c, c._version) for c in problem.layout.components or ()]
+        ctx.buffers = _Buffers(method, problem, first)
         return torch.stack(trajectory.outputs)
 
     @staticmethod
@@ -158,106 +189,61 @@ class _RecordedSolve(torch.autograd.Function):
         params = problem.params
         wanted = [p.requires_grad for p in params]
         with_time = ctx.needs_input_grad[5]
-        grad_y0, time_grads, param_grads = ctx.method.backward(
-            problem, ctx.trajectory, grad_ys, tuple(p for p, w in zip(params, wanted) if w), with_time
-        )
+
+        def run():
+            return ctx.method.backward(
+                problem, ctx.trajectory, grad_ys, tuple(p for p, w in zip(params, wanted) if w), with_time
+            )
+
+        with ctx.buffers.kept():
+            if problem.rng_tape is not None:  # the replay leaves the generators as the user left them
+                grad_y0, time_grads, param_grads = restored_after(problem.y0.device, run)
+            else:
+                grad_y0, time_grads, param_grads = run()
         grad_t = torch.stack(time_grads).to(problem.t.dtype) if with_time else None
         grads = iter(param_grads)
         return (None, None, None, None, grad_y0, grad_t, *[next(grads) if w else None for w in wanted])
 
 
-def first_evaluation_checked(problem: ODEProblem, method_name: str, exact: bool = True) -> torch.Tensor:
-    """Evaluate ``f(t0, y0)`` once with a graph, to find tensors that ``f`` uses and that
-    require grad but are not among the parameters: a custom backward pass could give them no
-    gradient, so that would be a silent error. Also checks that ``f`` draws no random numbers
-    and leaves its module's buffers alone: a backward pass that evaluates ``f`` again would
-    draw other numbers or change the buffers again (an error for an exact method, a warning
-    for the continuous adjoint, whose gradient is approximate anyway). Returns the
-    evaluation, detached, for reuse."""
-    t0 = problem.time(problem.t_out[0])
-    y = problem.y0.detach().requires_grad_(True)  # f sees a state that requires grad, as in a backward pass
-    buffers = [(b, b._version) for b in problem.buffers]
-    rng = _rng_states(y.device)
-    with torch.enable_grad():
-        problem.stats.nfe_forward += 1
-        f0 = problem.func(t0, y)
-        known = {id(p) for p in problem.params} | {id(t0), id(y)}
-        foreign = [v for v in _graph_leaves(f0) if id(v) not in known]
-    _check_replayable(method_name, rng, _rng_states(y.device), buffers, exact)
-    if foreign:
-        shapes = ", ".join(str(tuple(v.shape)) for v in foreign)
-        message = (
-            f"func uses {len(foreign)} tensor(s) that require grad but are not among the "
-            f"parameters given to {method_name} (shapes {shapes}); they would get no gradient."
-        )
-        if problem.params_explicit:
-            warnings.warn(message + " Add them to adjoint_params if their gradient is wanted.", stacklevel=5)
-        else:
-            raise ValueError(
-                message + " Pass every such tensor in adjoint_params=(...), or make func an "
-                "nn.Module that holds them as parameters."
+class _Buffers:
+    """``func``'s buffers between the forward and the backward pass: those that ``f`` changes
+    (checked to leave its output alone) are set back after the backward pass to what they were
+    before it; any other one must not change in place in between (``f`` would differ)."""
+
+    def __init__(self, method: RecordingMethod, problem: ODEProblem, first: FirstEvaluation):
+        buffers = problem.buffers
+        checked = {id(b) for b in first.changed}
+        late = [b for b, v in zip(buffers, first.buffer_versions) if b._version != v and id(b) not in checked]
+        self.changed_by_f = first.changed + late
+        changed_ids = {id(b) for b in self.changed_by_f}
+        self.watched = [(b, b._version) for b in buffers if id(b) not in changed_ids]
+        if late:
+            message = (
+                f"func changed its module's buffers during the forward solve but not in f(t0, y0), where "
+                f"{type(method).__name__} checks that its output does not depend on them; the backward pass "
+                f"evaluates func again"
             )
-    return f0.detach()
+            fix = ". Put such layers in eval mode (func.eval()), or use gradient='backprop'"
+            if method.exact:
+                raise ValueError(message + ", and the gradient could be wrong" + fix)
+            warnings.warn(message + fix, stacklevel=4)
 
-
-def _rng_states(device: torch.device) -> list[torch.Tensor]:
-    """The states of the random generators ``f`` may draw from: the CPU's, and the state's
-    CUDA device's."""
-    states = [torch.random.get_rng_state()]
-    if device.type == "cuda":
-        states.append(torch.cuda.get_rng_state(device))
-    return states
-
-
-def _check_replayable(
-    method_name: str,
-    before: list[torch.Tensor],
-    after: list[torch.Tensor],
-    buffers: list[tuple[torch.Tensor, int]],
-    exact: bool,
-) -> None:
-    problems = []
-    if any(not torch.equal(a, b) for a, b in zip(before, after)):
-        problems.append(
-            "func draws random numbers (the random generator advanced while f(t0, y0) ran: dropout in "
-            "training mode, torch.randn, ...); the backward pass would draw other ones. Draw the noise once "
-            "outside func (a buffer, as a CNF's Hutchinson noise), put dropout in eval mode (func.eval())"
-        )
-    if any(b._version != v for b, v in buffers):
-        problems.append(
-            "func changes its module's buffers when evaluated (BatchNorm's running statistics, a counter, ...); "
-            "the backward pass would change them again. Put such layers in eval mode (func.eval())"
-        )
-    if not problems:
-        return
-    fix = "; or use gradient='backprop', which does not evaluate func again"
-    if exact:
-        raise ValueError(
-            f"{method_name} evaluates func again in its backward pass, so its gradient would be "
-            f"wrong: " + "; and ".join(problems) + fix
-        )
-    warnings.warn(
-        f"{method_name}'s backward solve evaluates func again: " + "; and ".join(problems) + fix, stacklevel=5
-    )
-
-
-def _graph_leaves(output: torch.Tensor) -> list[torch.Tensor]:
-    """The leaf tensors (requiring grad) that ``output``'s autograd graph reaches."""
-    if output.grad_fn is None:
-        return [output] if output.requires_grad else []
-    leaves: dict[int, torch.Tensor] = {}
-    seen: set[Node] = set()
-    stack: list[Node | None] = [output.grad_fn]
-    while stack:
-        node = stack.pop()
-        if node is None or node in seen:
-            continue
-        seen.add(node)
-        variable = getattr(node, "variable", None)
-        if variable is not None:
-            leaves[id(variable)] = variable
-        stack.extend(next_node for next_node, _ in node.next_functions)
-    return list(leaves.values())
+    @contextlib.contextmanager
+    def kept(self):
+        for b, version in self.watched:
+            if b._version != version:
+                raise RuntimeError(
+                    f"a buffer of func (shape {tuple(b.shape)}) was modified in place after the forward solve and "
+                    f"before backward(); the backward pass evaluates func again and would use the new values, so "
+                    f"the gradient would belong to no solve that was computed. Call backward() before changing it"
+                )
+        kept = [b.clone() for b in self.changed_by_f]
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for b, value in zip(self.changed_by_f, kept):
+                    b.copy_(value)
 
 
 def vjp(
@@ -268,15 +254,20 @@ def vjp(
     param_grads: list[torch.Tensor],
     extra: tuple[torch.Tensor, ...] = (),
     keep_output: bool = False,
+    check: Callable[[torch.Tensor, tuple[torch.Tensor, ...]], None] | None = None,
 ):
     """Differentiate ``out = fn(y, *extra)`` once: returns ``(cotangent^T d(out)/dy,
     [cotangent^T d(out)/de for e in extra], out or None)`` and adds ``cotangent^T d(out)/dθ`` to
     ``param_grads``. A cotangent is ``None`` where ``out`` does not depend on the input. A
-    function of its own so that the graph and the gradients in flight die on return."""
+    function of its own so that the graph and the gradients in flight die on return.
+    ``check(out, inputs)``: called on the output before differentiating it (the closure check
+    of ``closure_check``)."""
     with torch.enable_grad():
         y = y.detach().requires_grad_(True)
         extra = tuple(e.detach().requires_grad_(True) for e in extra)
         out = fn(y, *extra)
+        if check is not None:
+            check(out, (y, *extra))
         kept = out.detach() if keep_output else None
         if not out.requires_grad:
             return None, [None] * len(extra), kept  # depends on no input

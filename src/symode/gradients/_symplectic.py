@@ -25,6 +25,7 @@ from .._integrate import Trajectory
 from .._ivp import ODEProblem
 from .._runge_kutta import rk_step, stage_state, stage_time
 from ._base import GradientMethod
+from ._first_evaluation import closure_check
 from ._recording import StepwiseMethod, vjp
 from ._revolve import reversed_states
 
@@ -66,6 +67,10 @@ class SymplecticAdjoint(StepwiseMethod):
     def configurations(cls) -> list[GradientMethod]:
         return [cls(), cls(store_stages=True), cls(max_checkpoints=2)]
 
+    @property
+    def rng_every_stage(self) -> bool:  # type: ignore[override]
+        return self.store_stages
+
     def __repr__(self) -> str:
         args = []
         if self.store_stages:
@@ -96,6 +101,7 @@ class SymplecticAdjoint(StepwiseMethod):
         stored = trajectory.stages[n] if self.store_stages else None
         lam, time_cotangents = _step_adjoint(
             problem,
+            n,
             trajectory.grid[n],
             trajectory.grid[n + 1],
             y,
@@ -116,14 +122,22 @@ def _advance(problem: ODEProblem, grid: list[float], i: int, j: int, y: torch.Te
     rhs = problem.rhs("nfe_backward")
     with torch.no_grad():
         for n in range(i, j):
+            replay = problem.replay(n)
             y = rk_step(
-                rhs, problem.tableau, grid[n], grid[n + 1], y, with_error=False, stages=problem.tableau.solution_stages
+                rhs if replay is None else replay.wrap(rhs),
+                problem.tableau,
+                grid[n],
+                grid[n + 1],
+                y,
+                with_error=False,
+                stages=problem.tableau.solution_stages,
             )[0]
     return y
 
 
 def _step_adjoint(
     problem: ODEProblem,
+    n: int,
     t: float,
     t_next: float,
     y: torch.Tensor,
@@ -133,9 +147,11 @@ def _step_adjoint(
     stored: list[torch.Tensor | None] | None = None,
     with_time: bool = False,
 ):
-    """Pull the cotangent ``lam`` of ``y_{n+1}`` back through one step to ``y_n``, adding the
+    """Pull the cotangent ``lam`` of ``y_{n+1}`` back through step ``n`` to ``y_n``, adding the
     parameter gradients of the step to ``param_grads`` in place. ``stored``: the step's stage
-    states from the forward pass, if kept.
+    states from the forward pass, if kept. A stochastic ``f``'s random numbers are replayed
+    (``problem.replay``): the recomputation evaluates the stages in order, noting the
+    generators' states before each, and each differentiated evaluation starts from its stage's.
 
     Returns ``(lam_n, (ct_n, ct_next))``, the second the cotangents of ``t_n`` and ``t_{n+1}``
     when ``with_time`` (else ``None``): with ``h = t_{n+1} - t_n``, stage times
@@ -146,6 +162,7 @@ def _step_adjoint(
     stages = tableau.solution_stages
 
     # 1. the stage states: stored, or recomputed without a graph (the last stage's k is not needed)
+    replay = problem.replay(n, capture=stored is None)
     Ys: list[torch.Tensor | None]
     if stored is not None:
         Ys = list(stored)
@@ -155,10 +172,13 @@ def _step_adjoint(
             ks: list[torch.Tensor | None] = [None] * tableau.num_stages
             for i in stages:
                 Ys[i] = Y = y if i == 0 else stage_state(tableau, i, y, h, ks)
+                if replay is not None:
+                    replay.before(i)
                 if i != stages[-1]:
                     problem.stats.nfe_backward += 1
                     ks[i] = problem.func(problem.time(stage_time(tableau, i, t, t_next, h)), Y).detach()
             del ks, Y
+    check = closure_check(problem, "SymplecticAdjoint")
 
     # 2. sweep the stages in reverse, one differentiated evaluation of f at a time
     kappa: list[torch.Tensor | None] = [None] * tableau.num_stages
@@ -176,6 +196,8 @@ def _step_adjoint(
         ti = stage_time(tableau, i, t, t_next, h)
         problem.stats.nfe_backward += 1
         problem.stats.nfe_backward_vjp += 1
+        if replay is not None:
+            replay.set_before(i)
         if ct is not None:  # with_time
             mu, (g,), k = vjp(
                 lambda Y, T: problem.func(T, Y),
@@ -185,6 +207,7 @@ def _step_adjoint(
                 param_grads,
                 extra=(problem.time(ti),),
                 keep_output=True,
+                check=check,
             )
             dh = (cotangent * k).sum() / h
             ct[0] = ct[0] - dh
@@ -194,7 +217,7 @@ def _step_adjoint(
                 ct[1] = ct[1] + tableau.c[i] * g
             del k, g
         else:
-            mu = vjp(lambda Y: problem.func(problem.time(ti), Y), Yi, cotangent, params, param_grads)[0]  # noqa: B023 (called at once)
+            mu = vjp(lambda Y: problem.func(problem.time(ti), Y), Yi, cotangent, params, param_grads, check=check)[0]  # noqa: B023 (called at once)
         if mu is None:
             continue
         lam_out.add_(mu)
