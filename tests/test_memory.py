@@ -122,11 +122,13 @@ def test_symplectic_adjoint_memory_vs_backprop(measured):
 def test_symplectic_adjoint_peak_close_to_floor(measured):
     # Budget: the floor N|y| + 2s|y| + A + |theta| plus one more |theta| for the parameter
     # gradient that autograd.grad returns for a stage before it is added to the accumulator
-    # (autograd.grad returns all of them at once), and 10% slack.
+    # (autograd.grad returns all of them at once), one more for the step's sums of the
+    # parameter cotangents (added to the running totals once per step, for float32 rounding),
+    # and 10% slack.
     peaks, theta = measured["peaks"], measured["theta"]
     for n in STEPS:
         floor = n * STATE + 2 * STAGES * STATE + ACTIVATIONS + theta
-        assert peaks["symplectic_adjoint", n] <= 1.1 * (floor + theta), (n, peaks["symplectic_adjoint", n] / floor)
+        assert peaks["symplectic_adjoint", n] <= 1.1 * (floor + 2 * theta), (n, peaks["symplectic_adjoint", n] / floor)
 
 
 def _peak(func, y0, t, n, gradient):
@@ -160,7 +162,9 @@ def test_memory_orders_as_the_theory_says_and_the_cap_is_flat():
     # checkpoint: N states + one step's graph (s uses) < the whole graph
     assert peak["checkpoint"] < 0.25 * peak["backprop"]
     # ... and more than the symplectic adjoint by at least s - 1 network uses' hidden activations
-    assert peak["checkpoint"] - peak["symplectic"] >= (STAGES - 1) * HIDDEN
+    # (the symplectic adjoint's step sums of the parameter cotangents, |theta|, aside)
+    theta = sum(p.numel() * p.element_size() for p in func.parameters())
+    assert peak["checkpoint"] - (peak["symplectic"] - theta) >= (STAGES - 1) * HIDDEN
     # the continuous adjoint stores no state per step: its peak does not grow with N. (Its
     # stages carry the parameter integrals, s |theta| and more, so whether it is below the
     # symplectic adjoint's N |y| + A + 2 |theta| depends on N |y| against s |theta|: here, at
