@@ -59,6 +59,12 @@ SETTINGS = {
 T = [0.0, 0.4, 1.0]
 
 
+def rk4_on_unit_interval(func, y0, gradient="backprop", step_size=0.1, **kw):
+    """``symode.odeint`` from 0 to 1 with fixed rk4 steps."""
+    t = torch.tensor([0.0, 1.0], dtype=F64)
+    return symode.odeint(func, y0, t, method="rk4", options={"step_size": step_size}, gradient=gradient, **kw)
+
+
 def _solve(api, func, y0, t, gradient, method, rtol=1e-7, atol=1e-9, options=None):
     if api == "odeint":
         return symode.odeint(func, y0, t, method=method, rtol=rtol, atol=atol, options=options, gradient=gradient), None
@@ -143,15 +149,7 @@ def test_stochastic_tuple_state(gradient):
     def grads(g):
         y0 = (torch.ones(3, dtype=F64, requires_grad=True), torch.full((3, 2), 0.5, dtype=F64, requires_grad=True))
         torch.manual_seed(5)
-        ys = symode.odeint(
-            f,
-            y0,
-            torch.tensor([0.0, 1.0], dtype=F64),
-            method="rk4",
-            options={"step_size": 0.2},
-            gradient=g,
-            adjoint_params=tuple(lin.parameters()),
-        )
+        ys = rk4_on_unit_interval(f, y0, gradient=g, step_size=0.2, adjoint_params=tuple(lin.parameters()))
         loss = ys[0][-1].pow(2).sum() + ys[1][-1].pow(2).sum()
         return torch.autograd.grad(loss, [*y0, *lin.parameters()])
 
@@ -275,15 +273,13 @@ def test_buffer_the_output_depends_on_is_refused(gradient):
     field = BatchNormField(counter=True).train()
     y0 = torch.linspace(-1.0, 1.0, 15, dtype=F64).reshape(5, 3).requires_grad_(True)
     with pytest.raises(ValueError, match=r"output depends on them.*eval mode.*gradient='backprop'"):
-        symode.odeint(
-            field, y0, torch.tensor([0.0, 1.0], dtype=F64), method="rk4", options={"step_size": 0.1}, gradient=gradient
-        )
+        rk4_on_unit_interval(field, y0, gradient=gradient)
 
 
 def test_buffer_the_output_depends_on_is_fine_with_backprop():
     field = BatchNormField(counter=True).train()
     y0 = torch.ones(5, 3, dtype=F64, requires_grad=True)
-    ys = symode.odeint(field, y0, torch.tensor([0.0, 1.0], dtype=F64), method="rk4", options={"step_size": 0.1})
+    ys = rk4_on_unit_interval(field, y0)
     ys.sum().backward()
     assert float(field.calls) == 40  # 10 steps of 4 stages, counted once each
 
@@ -306,14 +302,7 @@ class LateBuffer(torch.nn.Module):
 def test_buffer_changed_only_after_t0_is_refused(gradient):
     y0 = torch.ones(2, dtype=F64, requires_grad=True)
     with pytest.raises(ValueError, match=r"buffers during the forward solve but not in f\(t0, y0\)"):
-        symode.odeint(
-            LateBuffer(),
-            y0,
-            torch.tensor([0.0, 1.0], dtype=F64),
-            method="rk4",
-            options={"step_size": 0.1},
-            gradient=gradient,
-        )
+        rk4_on_unit_interval(LateBuffer(), y0, gradient=gradient)
 
 
 class NoiseBuffer(torch.nn.Module):
@@ -332,9 +321,7 @@ class NoiseBuffer(torch.nn.Module):
 def test_buffer_changed_in_place_before_backward_is_refused(gradient):
     field = NoiseBuffer()
     y0 = torch.ones(2, dtype=F64, requires_grad=True)
-    ys = symode.odeint(
-        field, y0, torch.tensor([0.0, 1.0], dtype=F64), method="rk4", options={"step_size": 0.1}, gradient=gradient
-    )
+    ys = rk4_on_unit_interval(field, y0, gradient=gradient)
     field.noise.normal_()
     with pytest.raises(RuntimeError, match=r"buffer of func \(shape \(2,\)\) was modified in place.*backward\(\)"):
         ys.sum().backward()
@@ -353,15 +340,7 @@ def test_tensor_first_used_after_t0_is_refused(gradient):
         return out * late if t > 0.5 else out
 
     y0 = torch.ones(2, dtype=F64, requires_grad=True)
-    ys = symode.odeint(
-        f,
-        y0,
-        torch.tensor([0.0, 1.0], dtype=F64),
-        method="rk4",
-        options={"step_size": 0.1},
-        gradient=gradient,
-        adjoint_params=tuple(lin.parameters()),
-    )
+    ys = rk4_on_unit_interval(f, y0, gradient=gradient, adjoint_params=tuple(lin.parameters()))
     with pytest.warns(UserWarning, match=r"not among the parameters.*\(shapes \(\)\) in an evaluation of the backward"):
         ys.sum().backward()
 
@@ -382,9 +361,7 @@ def test_module_tensor_first_used_after_t0_is_refused(gradient):
             return out * late if t > 0.5 else out
 
     y0 = torch.ones(2, dtype=F64, requires_grad=True)
-    ys = symode.odeint(
-        F(), y0, torch.tensor([0.0, 1.0], dtype=F64), method="rk4", options={"step_size": 0.1}, gradient=gradient
-    )
+    ys = rk4_on_unit_interval(F(), y0, gradient=gradient)
     with pytest.raises(ValueError, match=r"not among the parameters.*adjoint_params=\(\.\.\.\)"):
         ys.sum().backward()
 
@@ -397,10 +374,97 @@ def test_cuda_generator_is_replayed(gradient):
     def go(g):
         y0 = torch.ones(4, 3, dtype=F64, device="cuda", requires_grad=True)
         torch.manual_seed(3)
-        ys = symode.odeint(
-            field, y0, torch.tensor([0.0, 1.0], dtype=F64), method="rk4", options={"step_size": 0.1}, gradient=g
-        )
+        ys = rk4_on_unit_interval(field, y0, gradient=g)
         return torch.autograd.grad(ys.pow(2).sum(), [y0, *field.parameters()])
 
     for g, r in zip(go(gradient), go(Backprop())):
+        torch.testing.assert_close(g, r, rtol=1e-12, atol=1e-14)
+
+
+class LateNoiseBatchNorm(BatchNormField):
+    """BatchNorm in training mode and noise drawn only after t = 0.5: the forward solve is run
+    again to record the random numbers, from the buffers as f(t0, y0) left them."""
+
+    def forward(self, t, y):
+        out = super().forward(t, y)
+        return out + 0.1 * torch.randn_like(out) if t > 0.5 else out
+
+
+@pytest.mark.parametrize("gradient", REPLAYING)
+def test_late_noise_with_batchnorm_buffers_equal_backprop(gradient):
+    base = LateNoiseBatchNorm().train()
+    ref_field, field = copy.deepcopy(base), copy.deepcopy(base)
+    torch.manual_seed(4)
+    ys_ref, grads_ref, forward_ref, backward_ref = _bn_run("odeint", ref_field, Backprop())
+    torch.manual_seed(4)
+    ys, grads, after_forward, after_backward = _bn_run("odeint", field, gradient)
+    assert torch.equal(ys, ys_ref)
+    for name, value in forward_ref.items():
+        assert torch.equal(after_forward[name], value), name
+        assert torch.equal(after_backward[name], backward_ref[name]), name
+    for g, r in zip(grads, grads_ref):
+        torch.testing.assert_close(g, r, rtol=1e-12, atol=1e-12 * float(r.abs().max()))
+
+
+def _dropout_grads(gradient, t, y0, dtype=F64, **kw):
+    field = Stochastic("dropout").to(dtype)
+    y0 = y0.to(dtype).requires_grad_(True)
+    torch.manual_seed(1)
+    ys = symode.odeint(field, y0, t.to(dtype), gradient=gradient, **kw)
+    inputs = [y0, *field.parameters()]
+    # one output time: backprop's graph reaches no parameter (None), the others give zeros
+    grads = torch.autograd.grad(ys.pow(2).sum() + ys.sum(), inputs, allow_unused=True)
+    return ys.detach(), [torch.zeros_like(x) if g is None else g for g, x in zip(grads, inputs)]
+
+
+Y0 = torch.linspace(-1.0, 1.0, 12, dtype=F64).reshape(4, 3)
+EDGE_CASES = {
+    "decreasing-fixed": (torch.tensor([1.0, 0.3, 0.0], dtype=F64), {"method": "rk4", "options": {"step_size": 0.1}}),
+    "decreasing-adaptive": (torch.tensor([1.0, 0.0], dtype=F64), {"method": "dopri5", "rtol": 1e-3, "atol": 1e-3}),
+    "one-output-time": (torch.tensor([0.0], dtype=F64), {"method": "dopri5"}),
+}
+
+
+@pytest.mark.parametrize("case", list(EDGE_CASES))
+@pytest.mark.parametrize("gradient", REPLAYING)
+def test_stochastic_func_edge_cases_equal_backprop(gradient, case):
+    t, kw = EDGE_CASES[case]
+    ys, grads = _dropout_grads(gradient, t, Y0, **kw)
+    ys_ref, grads_ref = _dropout_grads(Backprop(), t, Y0, **kw)
+    assert torch.equal(ys, ys_ref)
+    for g, r in zip(grads, grads_ref):
+        torch.testing.assert_close(g, r, rtol=1e-12, atol=1e-12 * max(float(r.abs().max()), 1.0))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("gradient", REPLAYING)
+def test_stochastic_func_in_low_precision_matches_backprop_to_its_rounding(gradient, dtype):
+    """The same forward solve bit for bit; the gradient within a few units of the dtype's
+    rounding of backprop's (without the replay it is off by tens of percent)."""
+    kw = {"method": "rk4", "options": {"step_size": 0.25}}
+    t = torch.tensor([0.0, 1.0], dtype=F64)
+    ys, grads = _dropout_grads(gradient, t, Y0, dtype, **kw)
+    ys_ref, grads_ref = _dropout_grads(Backprop(), t, Y0, dtype, **kw)
+    assert torch.equal(ys, ys_ref)
+    eps = torch.finfo(dtype).eps
+    for g, r in zip(grads, grads_ref):
+        assert float((g - r).abs().max()) <= 4 * eps * float(r.abs().max())
+
+
+@pytest.mark.parametrize("gradient", REPLAYING)
+def test_stochastic_func_with_0dim_state(gradient):
+    def grads(g):
+        torch.manual_seed(7)
+        lin = torch.nn.Linear(1, 1, dtype=F64)
+        drop = torch.nn.Dropout(0.3)
+
+        def f(t, y):
+            return drop(torch.tanh(lin(y.reshape(1, 1)))).reshape(())
+
+        y0 = torch.tensor(0.5, dtype=F64, requires_grad=True)
+        torch.manual_seed(1)
+        ys = rk4_on_unit_interval(f, y0, gradient=g, adjoint_params=tuple(lin.parameters()))
+        return torch.autograd.grad(ys.pow(2).sum(), [y0, *lin.parameters()])
+
+    for g, r in zip(grads(gradient), grads(Backprop())):
         torch.testing.assert_close(g, r, rtol=1e-12, atol=1e-14)

@@ -60,6 +60,8 @@ class FirstEvaluation:
         buffer_versions: the version counters of ``func``'s buffers before it.
         changed: the buffers it changed (checked, for an exact method, to leave its
             output alone; warned of by the continuous adjoint).
+        changed_values: their values just after it, to set them back if the forward solve
+            must be run again (a func that draws random numbers only after ``t0``).
     """
 
     f0: torch.Tensor
@@ -68,6 +70,7 @@ class FirstEvaluation:
     draws: bool
     buffer_versions: list[int]
     changed: list[torch.Tensor]
+    changed_values: list[torch.Tensor]
 
 
 def first_evaluation_checked(problem: ODEProblem, method_name: str, exact: bool = True) -> FirstEvaluation:
@@ -103,7 +106,7 @@ def first_evaluation_checked(problem: ODEProblem, method_name: str, exact: bool 
             )
         else:
             _check_output_ignores_buffers(problem, method_name, t0, y.detach(), f0.detach(), changed, before, after)
-    return FirstEvaluation(f0.detach(), before, after, draws, versions, changed)
+    return FirstEvaluation(f0.detach(), before, after, draws, versions, changed, [b.clone() for b in changed])
 
 
 def _check_output_ignores_buffers(

@@ -152,11 +152,13 @@ class _RecordedSolve(torch.autograd.Function):
             # f drew random numbers, but not in f(t0, y0): the forward solve again, recording them
             if not method.exact:
                 warn_unreplayable(type(method).__name__)
-            else:
+            else:  # as things stood after f(t0, y0): the generators, the counts and the buffers f changed
                 set_rng_states(first.after, y0.device)
-                for name in ("num_accepted", "num_rejected", "nfe_forward"):
-                    setattr(problem.stats, name, 0)
+                problem.stats.num_accepted = problem.stats.num_rejected = 0
                 problem.stats.nfe_forward = 1
+                with torch.no_grad():
+                    for b, value in zip(first.changed, first.changed_values):
+                        b.copy_(value)
                 problem = method._with_tape(problem, first)
                 trajectory = method.record(problem, y0.detach(), first.f0)
         holder["trajectory"] = trajectory
