@@ -192,7 +192,10 @@ TOL_UNITS_BOUND = 50.0
 # while the propagated 2nd-order solution has an O(h^3 / 6) local error; the estimate
 # undershoots the true error for h > ~0.01, so the global error is 100-1000 tolerance
 # units (the same tableau as torchdiffeq's fehlberg2). Seen: up to ~1000 units.
-TOL_UNITS_BOUND_BY_METHOD = {"fehlberg2": 3000.0}
+# dopri8's outputs between steps come from its continuous extension of order 5 (not 8): with
+# its long steps that costs up to about 170 tolerance units here at rtol 1e-8, less at looser
+# tolerances (interpolate=False: below 50)
+TOL_UNITS_BOUND_BY_METHOD = {"fehlberg2": 3000.0, "dopri8": 250.0}
 
 
 @pytest.mark.parametrize("problem", sorted(PROBLEMS))
@@ -295,7 +298,8 @@ def test_decreasing_time_equals_reversed_problem(name, steps):
 def test_adaptive_hits_every_output_time_exactly(name, t_values):
     t = _t(t_values)
     rtol = _rtols(name)[0]
-    sol = symode.solve(swirl, swirl_exact(t[:1])[0], t, method=name, steps=symode.AdaptiveSteps(rtol=rtol, atol=rtol))
+    steps = symode.AdaptiveSteps(rtol=rtol, atol=rtol, interpolate=False)
+    sol = symode.solve(swirl, swirl_exact(t[:1])[0], t, method=name, steps=steps)
     grid = sol.grid.tolist()
     assert grid[0] == t_values[0] and grid[-1] == t_values[-1]
     for value in t_values:
@@ -649,7 +653,9 @@ def test_float32_state_with_float64_times(name, options):
         y0,
         t,
         method=name,
-        steps=symode.FixedSteps(**options) if options else symode.AdaptiveSteps(rtol=1e-5, atol=1e-6),
+        steps=(
+            symode.FixedSteps(**options) if options else symode.AdaptiveSteps(rtol=1e-5, atol=1e-6, interpolate=False)
+        ),
     )
     assert sol.ts.dtype == F64 and torch.equal(sol.ts, t)
     for value in t.tolist():  # float64 output times are hit exactly despite the float32 state

@@ -14,6 +14,7 @@ docstring, ``FixedSteps``' docstring), not by running the loop.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 
@@ -24,6 +25,9 @@ import symode
 from symode import AdaptiveSteps, FixedSteps, SolveError, Stats
 from symode._integrate import Trajectory, integrate
 from symode._step_size import rms_norm
+
+#: adaptive steps that end on every output time: what these tests of the time loop check
+CLIPPED = functools.partial(AdaptiveSteps, interpolate=False)
 
 F64 = torch.float64
 Y0 = torch.tensor([1.0, -2.0], dtype=F64)
@@ -239,10 +243,10 @@ def expected_tries(t0, target, direction, steps: AdaptiveSteps, k, ratios):
 
 RATIOS = [0.5, 2.0, 0.1, 1.0, 3.0, 50.0, 0.01, 0.3, 1e-3, 0.9, 0.0, 0.7]
 STEPS = [
-    AdaptiveSteps(first_step=0.01),
-    AdaptiveSteps(first_step=0.01, controller="pi"),
-    AdaptiveSteps(first_step=0.02, safety=0.8, ifactor=4.0, dfactor=0.3),
-    AdaptiveSteps(first_step=0.02, controller="PI", safety=0.95, ifactor=3.0, dfactor=0.1),
+    AdaptiveSteps(interpolate=False, first_step=0.01),
+    AdaptiveSteps(interpolate=False, first_step=0.01, controller="pi"),
+    AdaptiveSteps(interpolate=False, first_step=0.02, safety=0.8, ifactor=4.0, dfactor=0.3),
+    AdaptiveSteps(interpolate=False, first_step=0.02, controller="PI", safety=0.95, ifactor=3.0, dfactor=0.1),
 ]
 
 
@@ -297,7 +301,7 @@ def test_adaptive_initial_evaluation():
     stub = StubStep(tableau, ratio=[0.5])
     rhs = RecordingRhs()
     with pytest.raises(ScriptDone):
-        integrate(rhs, Y0, [0.0, 10.0], tableau, AdaptiveSteps(first_step=0.1), step=stub, **TOL)
+        integrate(rhs, Y0, [0.0, 10.0], tableau, CLIPPED(first_step=0.1), step=stub, **TOL)
     assert len(rhs.calls) == 1
     t, y, out = rhs.calls[0]
     assert t == 0.0 and y is Y0
@@ -306,7 +310,7 @@ def test_adaptive_initial_evaluation():
     stub = StubStep(tableau, ratio=[0.5])
     rhs = RecordingRhs()
     with pytest.raises(ScriptDone):
-        integrate(rhs, Y0, [0.0, 10.0], tableau, AdaptiveSteps(first_step=0.1), step=stub, f0=f0, **TOL)
+        integrate(rhs, Y0, [0.0, 10.0], tableau, CLIPPED(first_step=0.1), step=stub, f0=f0, **TOL)
     assert rhs.calls == []
     assert stub.tries[0]["k1"] is f0
 
@@ -351,7 +355,7 @@ def expected_clipped_run(t_out, steps: AdaptiveSteps, k, r):
 )
 def test_adaptive_steps_end_exactly_on_output_times(t_out, first_step):
     tableau = symode.TABLEAUS["bosh3"]
-    steps = AdaptiveSteps(first_step=first_step)
+    steps = AdaptiveSteps(interpolate=False, first_step=first_step)
     stub = StubStep(tableau, ratio=lambda n, t, t_next: 0.5)
     traj, _ = run(tableau, t_out, steps, stub)
     expected = expected_clipped_run(t_out, steps, tableau.error_order + 1, 0.5)
@@ -378,11 +382,11 @@ def test_first_step_clipped_to_the_output_time():
     tableau = symode.TABLEAUS["bosh3"]
     for first_step in (1.5, 0.995):
         stub = StubStep(tableau, ratio=[0.5])
-        traj, _ = run(tableau, [0.0, 1.0], AdaptiveSteps(first_step=first_step), stub)
+        traj, _ = run(tableau, [0.0, 1.0], AdaptiveSteps(interpolate=False, first_step=first_step), stub)
         assert endpoints(stub) == [(0.0, 1.0)]
         assert traj.grid == [0.0, 1.0] and traj.out_index == [0, 1]
     stub = StubStep(tableau, ratio=[0.5, 0.5])
-    traj, _ = run(tableau, [0.0, 1.0], AdaptiveSteps(first_step=0.98), stub)
+    traj, _ = run(tableau, [0.0, 1.0], AdaptiveSteps(interpolate=False, first_step=0.98), stub)
     assert endpoints(stub) == [(0.0, 0.98), (0.98, 1.0)]
 
 
@@ -395,14 +399,14 @@ def test_max_num_steps():
     # one accepted step, then every try rejected
     stub = StubStep(tableau, ratio=lambda n, t, t_next: 0.5 if n == 0 else 2.0)
     with pytest.raises(SolveError, match=r"max_num_steps = 3") as info:
-        run(tableau, [0.0, 1.0], AdaptiveSteps(first_step=0.1, max_num_steps=3), stub)
+        run(tableau, [0.0, 1.0], AdaptiveSteps(interpolate=False, first_step=0.1, max_num_steps=3), stub)
     assert len(stub.tries) == 3  # the tries counted: accepted plus rejected
     assert info.value.t == stub.tries[0]["t_next"] == 0.1
     assert info.value.num_steps == 1
     # always rejected from the start: the time reached is t0
     stub = StubStep(tableau, ratio=lambda n, t, t_next: 2.0)
     with pytest.raises(SolveError, match=r"max_num_steps = 3") as info:
-        run(tableau, [0.25, 1.0], AdaptiveSteps(first_step=0.1, max_num_steps=3), stub)
+        run(tableau, [0.25, 1.0], AdaptiveSteps(interpolate=False, first_step=0.1, max_num_steps=3), stub)
     assert len(stub.tries) == 3
     assert info.value.t == 0.25 and info.value.num_steps == 0
 
@@ -410,7 +414,7 @@ def test_max_num_steps():
 @pytest.mark.parametrize("t0", [1.0, 0.0])
 def test_step_size_underflow(t0):
     tableau = symode.TABLEAUS["bosh3"]
-    steps = AdaptiveSteps(first_step=0.1)
+    steps = AdaptiveSteps(interpolate=False, first_step=0.1)
     stub = StubStep(tableau, ratio=lambda n, t, t_next: 1e30)
     with pytest.raises(SolveError, match="step size underflow") as info:
         run(tableau, [t0, t0 + 1.0], steps, stub)
@@ -433,7 +437,7 @@ def test_non_finite_field_ends_in_step_size_underflow():
     tableau = symode.TABLEAUS["bosh3"]
     stub = StubStep(tableau, ratio=lambda n, t, t_next: 0.5, bad=lambda t, t_next: t_next > 0.5)
     with pytest.raises(SolveError, match="non-finite") as info:
-        run(tableau, [0.0, 1.0], AdaptiveSteps(first_step=0.1), stub)
+        run(tableau, [0.0, 1.0], AdaptiveSteps(interpolate=False, first_step=0.1), stub)
     assert "step size underflow" in str(info.value)
     assert 0.4 < info.value.t <= 0.5
 
@@ -453,7 +457,7 @@ def test_non_finite_initial_state_adaptive():
     stub = StubStep(tableau, ratio=[0.5])
     y0 = torch.tensor([1.0, math.inf], dtype=F64)
     with pytest.raises(SolveError, match="non-finite") as info:
-        integrate(RecordingRhs(), y0, [0.0, 1.0], tableau, AdaptiveSteps(first_step=0.1), step=stub, **TOL)
+        integrate(RecordingRhs(), y0, [0.0, 1.0], tableau, CLIPPED(first_step=0.1), step=stub, **TOL)
     assert info.value.t == 0.0
     assert stub.tries == []
 
@@ -461,7 +465,7 @@ def test_non_finite_initial_state_adaptive():
 def test_adaptive_steps_need_an_error_estimate_and_tolerances():
     stub = StubStep(symode.TABLEAUS["rk4"], ratio=[0.5])
     with pytest.raises(ValueError, match="takes fixed steps"):
-        run(symode.TABLEAUS["rk4"], [0.0, 1.0], AdaptiveSteps(first_step=0.1), stub)
+        run(symode.TABLEAUS["rk4"], [0.0, 1.0], AdaptiveSteps(interpolate=False, first_step=0.1), stub)
     stub = StubStep(symode.TABLEAUS["bosh3"], ratio=[0.5])
     with pytest.raises(ValueError, match="rtol, atol and norm"):
         integrate(
@@ -469,7 +473,7 @@ def test_adaptive_steps_need_an_error_estimate_and_tolerances():
             Y0,
             [0.0, 1.0],
             symode.TABLEAUS["bosh3"],
-            AdaptiveSteps(first_step=0.1),
+            AdaptiveSteps(interpolate=False, first_step=0.1),
             step=stub,
             rtol=1e-6,
             atol=1e-6,

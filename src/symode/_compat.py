@@ -6,7 +6,8 @@ torchdiffeq's ``options`` dict is translated into a step-size rule here, once, b
 * fixed steps: ``step_size`` (steps per output interval) or ``grid`` (step endpoints);
   any method, adaptive ones included, takes fixed steps when given one of them;
 * adaptive steps: ``first_step``, ``controller`` (``"pi"`` or ``"i"``), ``safety``,
-  ``ifactor``, ``dfactor``;
+  ``ifactor``, ``dfactor``, ``interpolate`` (default ``True``: output times between steps are
+  interpolated, as torchdiffeq does; ``False``: every output time ends a step);
 * both: ``max_num_steps``.
 
 ``odeint_adjoint``'s ``adjoint_options`` are translated the same way, for the backward solve
@@ -40,7 +41,7 @@ Method = str | ButcherTableau
 Params = Sequence[torch.Tensor] | None
 
 _FIXED_OPTIONS = ("step_size", "grid")
-_ADAPTIVE_OPTIONS = ("first_step", "controller", "safety", "ifactor", "dfactor")
+_ADAPTIVE_OPTIONS = ("first_step", "controller", "safety", "ifactor", "dfactor", "interpolate")
 _BOTH_OPTIONS = ("max_num_steps",)  # the limit on the steps of a solve, fixed or adaptive
 
 

@@ -93,9 +93,12 @@ class CompiledStep:
         with_error: bool = True,
         keep_stage_states: bool = False,
         dts: Any = None,
+        stages: Any = None,
     ) -> Any:
-        if keep_stage_states or dts is not None:
-            return self.eager(t, t_next, y, k1, with_error=with_error, keep_stage_states=keep_stage_states, dts=dts)
+        if keep_stage_states or dts is not None or stages is not None:
+            return self.eager(
+                t, t_next, y, k1, with_error=with_error, keep_stage_states=keep_stage_states, dts=dts, stages=stages
+            )
         tableau = self.tableau
         h = t_next - t
         times = [stage_time(tableau, i, t, t_next, h) for i in range(tableau.num_stages)]

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from fractions import Fraction
 
-__all__ = ["C", "A", "B", "B_EMBEDDED"]
+__all__ = ["C", "A", "B", "B_EMBEDDED", "B_DENSE"]
 
 
 def _q(*values: str | int) -> tuple[Fraction, ...]:
@@ -149,4 +149,30 @@ B_EMBEDDED = _q(
     "53011238/667516719",
     "2/45",
     0,
+)
+
+
+#: A continuous extension, derived for symode (the published 7th-order extensions of RK8(7)13M
+#: need extra stages): ``b_i(theta) = sum_p B_DENSE[i][p] theta**(p + 1)`` over the 13 stages and
+#: a 14th, ``f(t_{n+1}, y_{n+1})`` (the next step's first stage). It is of order 5 at every theta
+#: (the order conditions of the trees up to 5 nodes hold for each power of theta), meets the
+#: step's solution at theta = 1 and is C1 there (``b_i'(1) = 1`` for the 14th stage, 0 for the
+#: others); the minimum-norm solution of those conditions in the stages with nonzero ``B``,
+#: solved in float64 with residuals refined in exact arithmetic (``tools/dense_output.py``
+#: derives it again; ``tests/test_dense.py`` checks the conditions).
+B_DENSE = (
+    (0.9873635131639522, -5.079622850214096, 10.64137499406864, -9.78459803444315, 3.277229868566184),
+    (0.0, 0.0, 0.0, 0.0, 0.0),
+    (0.0, 0.0, 0.0, 0.0, 0.0),
+    (0.0, 0.0, 0.0, 0.0, 0.0),
+    (0.0, 0.0, 0.0, 0.0, 0.0),
+    (-0.20907257933834617, 1.3348778482055725, -0.771570534741398, -1.9024638008367336, 1.492776738099666),
+    (0.04188624804984902, 5.669163086903015, -17.368267002072727, 18.758063787242914, -6.861533312921871),
+    (0.488664175283775, -0.47051957315261317, 5.372785951443362, -7.771116537546769, 3.0836966533756884),
+    (-0.6624818143486131, -2.0204125215404556, 5.488903108171892, -6.06543946340027, 2.4996710773029855),
+    (0.4088593473874097, -0.49878402983342207, 0.885484543422846, 1.3927607677163671, -1.5277575977709144),
+    (-0.11505348258463409, 2.890968608134132, -12.283269424539021, 17.1447843675648, -7.479242586065154),
+    (-0.10704688987218892, -0.6962600357514489, 2.629771516247791, -3.933123059516794, 1.8685489301397777),
+    (0.2834407411297398, -0.4522052663754842, 2.727393423999193, -3.9819340133908927, 1.673305114637444),
+    (-0.11655925887094352, -0.6772052663751996, 2.6773934239994235, -3.8569340133894743, 1.9733051146361937),
 )

@@ -1,10 +1,11 @@
 """The time loop: the only place that steps through time.
 
 It takes steps with a tableau, accepts or rejects them, ends a step exactly on every output
-time and records the accepted grid (and, on request, the state at every grid point: the
-checkpoints of the symplectic adjoint). It knows nothing of gradients: whether an autograd
-graph is built is the caller's choice (``torch.no_grad()`` around it or not). The step-size
-logic always runs without gradient.
+time, or (dense output) steps freely to the last one and interpolates the others within the
+steps that hold them (``symode._dense``), and records the accepted grid (and, on request, the
+state at every grid point: the checkpoints of the symplectic adjoint). It knows nothing of
+gradients: whether an autograd graph is built is the caller's choice (``torch.no_grad()``
+around it or not). The step-size logic always runs without gradient.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 
 import torch
 
+from ._dense import interpolate, interpolation_stages
 from ._random import RandomTape
 from ._runge_kutta import rk_step
 from ._stats import SolveError, Stats
@@ -33,8 +35,12 @@ class Trajectory:
     Attributes:
         grid: the accepted step endpoints, Python floats, ``grid[0] = t0``; step ``n`` goes
             from ``grid[n]`` to ``grid[n + 1]``.
-        out_index: the grid index of each output time (``grid[out_index[k]] == t_out[k]``).
+        out_index: the grid index of each output time (``grid[out_index[k]] == t_out[k]``);
+            for an interpolated output, the end ``n + 1`` of the step ``n`` that holds it.
         outputs: the state at each output time (``outputs[0]`` is ``y0``).
+        out_theta: per output time, ``None`` when it is a step end, else the fraction
+            ``theta`` in (0, 1) of the step holding it at which it was interpolated (empty:
+            no output was interpolated).
         ys: the state at every grid point (``keep_states=True``), else ``None``.
         stats: the counts of the solve.
         stages: with ``keep_stages=True``, ``stages[n][i]`` is the state of stage ``i`` of
@@ -52,6 +58,39 @@ class Trajectory:
     stats: Stats = field(default_factory=Stats)
     stages: list[list[torch.Tensor | None]] | None = None
     anchors: list[int | None] = field(default_factory=list)
+    out_theta: list[float | None] = field(default_factory=list)
+
+
+class _DenseOutput:
+    """Emits the output times that an accepted step reaches: the step's end, or interpolated
+    within the step (``symode._dense.interpolate``)."""
+
+    def __init__(self, tableau: ButcherTableau, t_out: Sequence[float], time_carriers, trajectory: Trajectory):
+        if tableau.b_dense is None:
+            raise ValueError(
+                f"interpolated output times need a continuous extension: pass "
+                f"symode._dense.interpolation_tableau({tableau.name}), not the tableau itself"
+            )
+        self.tableau, self.t_out, self.carriers, self.trajectory = tableau, t_out, time_carriers, trajectory
+        self.direction = 1.0 if t_out[-1] > t_out[0] else -1.0
+        self.k = 1  # the next output time
+        trajectory.out_theta = [None]
+
+    def step(self, t: float, t_next: float, y: torch.Tensor, y_next: torch.Tensor, ks, dts, stats: Stats) -> None:
+        traj, t_out = self.trajectory, self.t_out
+        while self.k < len(t_out) and self.direction * (t_out[self.k] - t_next) <= 0:
+            target = t_out[self.k]
+            if target == t_next:
+                out, theta = y_next, None
+            else:
+                theta = (target - t) / (t_next - t)
+                carrier = None if self.carriers is None else self.carriers[self.k]
+                out = interpolate(self.tableau, y, t_next - t, theta, ks, dts, carrier)
+                _check_finite(out, target, stats)
+            traj.outputs.append(out)
+            traj.out_index.append(len(traj.grid) - 1)
+            traj.out_theta.append(theta)
+            self.k += 1
 
 
 def _check_finite(y: torch.Tensor, t: float, stats: Stats) -> None:
@@ -103,7 +142,10 @@ def integrate(
     """Solve from ``y0`` at ``t_out[0]`` through the output times ``t_out``.
 
     ``rhs(t, y)`` takes a float time; ``rtol``/``atol`` (floats or tensors shaped like
-    ``y0``) and ``norm`` are needed for adaptive steps. ``keep_states``/``keep_stages``
+    ``y0``) and ``norm`` are needed for adaptive steps. With ``AdaptiveSteps(interpolate=True)``
+    (and ``RecordedSteps`` of such a solve) the steps go freely to ``t_out[-1]`` and the other
+    output times are interpolated: ``tableau`` must then carry ``b_dense``
+    (``symode._dense.interpolation_tableau``). ``keep_states``/``keep_stages``
     record the state/the stage states at every accepted step. ``time_carriers[k]``: a
     zero-valued tensor carrying the gradient of ``t_out[k]`` into the graph (see
     ``symode._runge_kutta``), for backpropagation with respect to the output times. ``f0 = rhs(t_out[0], y0)`` may be
@@ -119,15 +161,22 @@ def integrate(
         step = functools.partial(rk_step, rhs, tableau)
     t = float(t_out[0])
     y = y0
-    grid = [t]
-    ys: list[torch.Tensor] | None = [y0] if keep_states else None
-    outputs = [y0]
-    out_index = [0]
+    traj = Trajectory([t], [0], [y0], [y0] if keep_states else None, stats, [] if keep_stages else None, [0])
+    grid, ys, outputs, out_index, stages, anchors = (
+        traj.grid,
+        traj.ys,
+        traj.outputs,
+        traj.out_index,
+        traj.stages,
+        traj.anchors,
+    )
     fsal = tableau.fsal
-    stages: list[list[torch.Tensor | None]] | None = [] if keep_stages else None
-    solution_stages = tableau.solution_stages
-    anchors: list[int | None] = [0]
     carrier_zero = None if time_carriers is None else torch.zeros_like(time_carriers[0])
+    dense = None
+    kept_stages = tableau.solution_stages  # the stage states keep_stages keeps
+    if getattr(steps, "interpolate", False) and len(t_out) > 1:
+        dense = _DenseOutput(tableau, t_out, time_carriers, traj)
+        kept_stages = interpolation_stages(tableau)
 
     def carriers(a: int | None, b: int | None):
         if time_carriers is None:
@@ -141,38 +190,36 @@ def integrate(
         if ys is not None:  # keep_states
             ys.append(y_next)
         if stages is not None:  # keep_stages
-            stages.append([Ys[i] if i in solution_stages else None for i in range(len(Ys))])
+            stages.append([Ys[i] if i in kept_stages else None for i in range(len(Ys))])
 
     if isinstance(steps, (FixedSteps, RecordedSteps)):
         points, idx, point_anchors = steps.plan(t_out)
+        holds = set(idx) if dense is not None else set()  # the ends of the steps that hold an output
         k1 = f0
         for n, t_next in enumerate(points[1:]):
             y_prev = y
             if tape is not None:
                 tape.try_started(k1 is not None)
-            y, _, ks, Ys = step(
-                t,
-                t_next,
-                y,
-                k1,
-                with_error=False,
-                keep_stage_states=keep_stages,
-                dts=carriers(point_anchors[n], point_anchors[n + 1]),
-            )
+            dts = carriers(point_anchors[n], point_anchors[n + 1])
+            extra = {"stages": interpolation_stages(tableau)} if n + 1 in holds else {}
+            y, _, ks, Ys = step(t, t_next, y, k1, with_error=False, keep_stage_states=keep_stages, dts=dts, **extra)
             if low_precision:
                 _check_progress(y_prev, y, ks, t, t_next, stats)
-            del y_prev
             if tape is not None:
                 tape.try_ended(True, fsal)
             k1 = ks[-1] if fsal else None
-            t = t_next
-            accept(t, y, Ys, point_anchors[n + 1])
-            del ks, Ys  # not alive during the next step
-            if len(grid) - 1 == idx[len(outputs)]:
-                _check_finite(y, t, stats)
+            accept(t_next, y, Ys, point_anchors[n + 1])
+            if dense is not None:
+                dense.step(t, t_next, y_prev, y, ks, dts, stats)
+            elif len(grid) - 1 == idx[len(outputs)]:
+                _check_finite(y, t_next, stats)
                 outputs.append(y)
                 out_index.append(len(grid) - 1)
-        return Trajectory(grid, out_index, outputs, ys, stats, stages, anchors)
+            t = t_next
+            del ks, Ys, y_prev  # not alive during the next step
+        if dense is not None:
+            _check_finite(y, t, stats)
+        return traj
 
     # adaptive steps ---------------------------------------------------------------------
     tableau.check_adaptive()
@@ -206,7 +253,12 @@ def integrate(
     prev_ratio = 1.0
     after_reject = False
     ratio: float | None = None  # the last step's error ratio (None: no step tried yet)
-    for k, target in enumerate(t_out[1:]):
+    # the stretches the steps are clipped to end on: every output interval, or with dense output the whole span
+    # (a step inside it moves with t[0] when the output times move; the last, clipped to t[-1], with it)
+    last = len(t_out) - 1
+    targets = list(enumerate(t_out[1:])) if dense is None else [(0, t_out[-1])]
+    for k, target in targets:
+        end_anchor = last if dense is not None else k + 1
         while t != target:
             if stats.num_steps >= steps.max_num_steps:
                 raise SolveError(
@@ -235,9 +287,8 @@ def integrate(
                 t_next = target
             if tape is not None:
                 tape.try_started(k1 is not None)
-            y_next, err, ks, Ys = step(
-                t, t_next, y, k1, keep_stage_states=keep_stages, dts=carriers(anchors[-1], k + 1 if clipped else k)
-            )
+            dts = carriers(anchors[-1], end_anchor if clipped else k)
+            y_next, err, ks, Ys = step(t, t_next, y, k1, keep_stage_states=keep_stages, dts=dts)
             with torch.no_grad():
                 scale = atol + rtol * torch.maximum(y.detach().abs(), y_next.detach().abs())
                 ratio = float(norm(err.detach() / scale))
@@ -250,9 +301,11 @@ def integrate(
             if accepted:
                 if low_precision:
                     _check_progress(y, y_next, ks, t, t_next, stats)
+                accept(t_next, y_next, Ys, end_anchor if clipped else k)
+                if dense is not None:
+                    dense.step(t, t_next, y, y_next, ks, dts, stats)
                 t, y = t_next, y_next
                 k1 = ks[-1] if fsal else None
-                accept(t, y, Ys, k + 1 if clipped else k)
                 prev_ratio = max(ratio, 1e-4)
                 after_reject = False
                 if clipped:  # a step shortened to meet an output time says little of the next
@@ -263,6 +316,7 @@ def integrate(
                 k1 = ks[0]  # same (t, y): the retry reuses its first stage
             del ks, Ys, err, y_next, scale  # not alive during the next try
         _check_finite(y, t, stats)
-        outputs.append(y)
-        out_index.append(len(grid) - 1)
-    return Trajectory(grid, out_index, outputs, ys, stats, stages, anchors)
+        if dense is None:
+            outputs.append(y)
+            out_index.append(len(grid) - 1)
+    return traj

@@ -43,6 +43,55 @@ def _minus(b, b_embedded) -> tuple[Fraction, ...]:
     return tuple(Fraction(x) - Fraction(y) for x, y in zip(b, b_embedded))
 
 
+def _poly(*coefficients) -> tuple[Fraction, ...]:
+    """A polynomial as its coefficients from theta**0 up."""
+    return tuple(Fraction(c) for c in coefficients)
+
+
+def _mul(p, q) -> tuple[Fraction, ...]:
+    out = [Fraction(0)] * (len(p) + len(q) - 1)
+    for i, x in enumerate(p):
+        for j, y in enumerate(q):
+            out[i + j] += x * y
+    return tuple(out)
+
+
+def _dense_rows(polynomials, degree: int) -> tuple[tuple[Fraction, ...], ...]:
+    """``b_dense`` rows (coefficients of theta**1..theta**degree) from polynomials with no constant term."""
+    rows = []
+    for p in polynomials:
+        assert p[0] == 0 and len(p) <= degree + 1
+        rows.append(tuple(p[1:]) + (Fraction(0),) * (degree + 1 - len(p)))
+    return tuple(rows)
+
+
+def _shampine_dense(b, d) -> tuple[tuple[Fraction, ...], ...]:
+    """dopri5's continuous extension of order 4 (L. F. Shampine, Math. Comp. 46, 1986), as Hairer's
+    DOPRI5 evaluates it: ``y_n + theta (r2 + (1 - theta)(r3 + theta (r4 + (1 - theta) r5)))`` with
+    ``r2 = y_{n+1} - y_n``, ``r3 = h k_1 - r2``, ``r4 = r2 - h k_7 - r3`` and ``r5 = h sum_i d_i k_i``;
+    expanded here into ``b_i(theta)``."""
+    s = len(b)
+    theta, one_minus = _poly(0, 1), _poly(1, -1)
+    basis = (
+        theta,
+        _mul(theta, one_minus),
+        _mul(_mul(theta, theta), one_minus),
+        _mul(_mul(theta, theta), _mul(one_minus, one_minus)),
+    )
+    polys = []
+    for i in range(s):
+        r2 = Fraction(b[i])
+        r3 = (1 if i == 0 else 0) - r2
+        r4 = r2 - (1 if i == s - 1 else 0) - r3
+        r5 = Fraction(d[i])
+        total = [Fraction(0)] * 5
+        for weight, poly in zip((r2, r3, r4, r5), basis):
+            for k, c in enumerate(poly):
+                total[k] += weight * c
+        polys.append(tuple(total))
+    return _dense_rows(polys, 4)
+
+
 # --------------------------------------------------------------------------------------
 # fixed-step methods
 
@@ -161,6 +210,18 @@ dopri5 = ButcherTableau(
     b_err=_minus(_DOPRI5_B, _q("5179/57600", 0, "7571/16695", "393/640", "-92097/339200", "187/2100", "1/40")),
     error_order=4,
     doc="Dormand-Prince 5(4) pair (RK5(4)7M), FSAL (J. R. Dormand and P. J. Prince, J. Comput. Appl. Math. 6, 1980).",
+    b_dense=_shampine_dense(
+        _DOPRI5_B,
+        _q(
+            "-12715105075/11282082432",
+            0,
+            "87487479700/32700410799",
+            "-10690763975/1880347072",
+            "701980252875/199316789632",
+            "-1453857185/822651844",
+            "69997945/29380423",
+        ),
+    ),
 )
 
 # Tsitouras' coefficients are not rational (they follow from c2..c5 and the simplifying
@@ -182,6 +243,30 @@ _TSIT5_B_EMBEDDED = _q(
     "-2.70771234998352545488110997506",
     "1.86662841817058703575371939957",
     "1/66",
+)
+# Tsitouras' interpolant of order 4, as published (factored, 16-19 significant digits).
+_T = _poly(0, 1)
+_T2 = _mul(_T, _T)
+_TSIT5_DENSE = _dense_rows(
+    (
+        _mul(
+            _mul(_poly(0, "-1.0530884977290216"), _poly("-1.3299890189751412", 1)),
+            _poly("0.7139816917074209", "-1.4364028541716351", 1),
+        ),
+        _mul(_mul(_poly("0.1017"), _T2), _poly("1.2949852507374631", "-2.1966568338249754", 1)),
+        _mul(_mul(_poly("2.490627285651252793"), _T2), _poly("1.57803468208092486", "-2.38535645472061657", 1)),
+        _mul(
+            _mul(_poly("-16.54810288924490272"), _T2),
+            _mul(_poly("-1.21712927295533244", 1), _poly("-0.61620406037800089", 1)),
+        ),
+        _mul(
+            _mul(_poly("47.37952196281928122"), _T2),
+            _mul(_poly("-1.203071208372362603", 1), _poly("-0.658047292653547382", 1)),
+        ),
+        _mul(_mul(_poly("-34.87065786149660974"), _T2), _mul(_poly("-1.2", 1), _poly("-0.666666666666666667", 1))),
+        _mul(_mul(_poly("2.5"), _T2), _mul(_poly(-1, 1), _poly("-0.6", 1))),
+    ),
+    4,
 )
 tsit5 = ButcherTableau(
     "tsit5",
@@ -211,6 +296,7 @@ tsit5 = ButcherTableau(
     b_err=_minus(_TSIT5_B, _TSIT5_B_EMBEDDED),
     error_order=4,
     doc="Tsitouras 5(4) pair, FSAL (Ch. Tsitouras, Comput. Math. Appl. 62, 2011).",
+    b_dense=_TSIT5_DENSE,
 )
 
 dopri8 = ButcherTableau(
@@ -223,6 +309,7 @@ dopri8 = ButcherTableau(
     error_order=7,
     doc="Prince-Dormand 8(7) pair RK8(7)13M, 13 stages (P. J. Prince and J. R. Dormand, "
     "J. Comput. Appl. Math. 7, 1981); torchdiffeq's 'dopri8'.",
+    b_dense=_dopri8.B_DENSE,
 )
 
 # --------------------------------------------------------------------------------------

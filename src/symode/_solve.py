@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from ._checks import check_bool
+from ._dense import interpolation_tableau
 from ._ivp import ODEProblem
 from ._methods import get_tableau
 from ._state import State, StateLayout
@@ -73,7 +74,9 @@ def solve(
             have ``y0``'s structure (a tensor, or a tuple of tensors).
         y0: the initial state: a floating tensor or a tuple of them.
         t: 1-D, strictly increasing or strictly decreasing output times; ``t[0]`` is the
-            initial time. Every output time is a step endpoint (no interpolation).
+            initial time. With adaptive steps the times between ``t[0]`` and ``t[-1]`` are
+            interpolated within the steps (dense output; ``AdaptiveSteps(interpolate=False)``
+            makes each one a step end); with fixed steps each is a step end.
         method: a name from ``symode.TABLEAUS`` or a ``ButcherTableau``.
         steps: ``FixedSteps(step_size=h)`` / ``FixedSteps(grid=...)``, or
             ``AdaptiveSteps(rtol=..., atol=..., ...)``; default ``AdaptiveSteps()`` for
@@ -111,6 +114,8 @@ def solve(
         raise TypeError(f"steps must be symode.FixedSteps or symode.AdaptiveSteps, got {steps!r}")
     if isinstance(steps, AdaptiveSteps):
         tableau.check_adaptive()
+        if steps.interpolate:
+            tableau = interpolation_tableau(tableau)
     params, explicit = _parameters(func, adjoint_params)
     if ts.requires_grad and not grad_method.time_gradient:
         warnings.warn(

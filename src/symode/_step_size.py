@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from ._checks import is_real, optional_positive_float, positive_float, positive_int
+from ._checks import check_bool, is_real, optional_positive_float, positive_float, positive_int
 from ._stats import SolveError
 
 __all__ = [
@@ -173,6 +173,8 @@ class RecordedSteps:
     grid: tuple[float, ...]
     out_index: tuple[int, ...]
     anchors: tuple[int | None, ...]
+    #: the solve interpolated its output times (``Trajectory.out_theta``): so does the replay
+    interpolate: bool = False
 
     def plan(self, t_out: Sequence[float]) -> StepPlan:
         return list(self.grid), list(self.out_index), list(self.anchors)
@@ -199,8 +201,15 @@ class AdaptiveSteps:
 
     ``rtol``/``atol`` are positive scalars or tensors broadcastable to the state (a tuple of
     them for tuple states). ``first_step`` overrides the initial step heuristic
-    (Hairer, Norsett & Wanner, Solving ODEs I, II.4). Steps are clipped to end exactly on
-    every output time. More than ``max_num_steps`` attempted steps is an error.
+    (Hairer, Norsett & Wanner, Solving ODEs I, II.4). More than ``max_num_steps`` attempted
+    steps is an error.
+
+    ``interpolate=True`` (the default, as torchdiffeq, scipy, diffrax and torchode do): the
+    steps go freely from ``t[0]`` to ``t[-1]`` (the last one clipped to end there) and the
+    other output times are interpolated within the steps that hold them, with the method's
+    continuous extension (dense output), so the cost does not depend on how many output times
+    are asked for. ``interpolate=False``: every output time ends a step (the outputs are step
+    ends; more steps when the output times are dense).
     """
 
     rtol: Tolerance = DEFAULT_RTOL
@@ -211,8 +220,10 @@ class AdaptiveSteps:
     ifactor: float = 10.0
     dfactor: float = 0.2
     max_num_steps: int = DEFAULT_MAX_NUM_STEPS
+    interpolate: bool = True
 
     def __post_init__(self) -> None:
+        check_bool(self.interpolate, "interpolate")
         check_tolerance(self.rtol, "rtol")
         check_tolerance(self.atol, "atol")
         object.__setattr__(self, "first_step", optional_positive_float(self.first_step, "first_step"))

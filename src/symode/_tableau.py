@@ -8,6 +8,12 @@ An explicit s-stage Runge-Kutta method advances ``y_n`` at ``t_n`` by ``h``::
 
 ``b_err`` is the difference between the propagating weights ``b`` and the weights of the
 embedded method of order ``error_order``, so ``sum(b_err) == 0``.
+
+A continuous extension (dense output) replaces ``b`` by polynomials in ``theta`` in [0, 1]::
+
+    y(t_n + theta * h) ~ y_n + h * sum_i b_i(theta) * k_i,    b_i(theta) = sum_p b_dense[i][p] * theta**(p + 1)
+
+with ``b_i(1) == b_i`` (see ``symode._dense``).
 """
 
 from __future__ import annotations
@@ -47,6 +53,37 @@ def _as_vector(values: Any, name: str) -> tuple[float, ...]:
     return tuple(_as_float(v, f"ButcherTableau.{name}[{i}]") for i, v in enumerate(values))
 
 
+def _dense_rows(name: str, rows: Any, b: tuple[float, ...]) -> tuple[tuple[float, ...], ...]:
+    """``b_dense`` as float rows, checked: one row per stage, of one length, ``b_i(1) == b_i``
+    (the interpolant ends on the step's solution) and ``sum_i b_i(theta) == theta``."""
+    s = len(b)
+    if isinstance(rows, (str, bytes)) or not hasattr(rows, "__len__") or len(rows) not in (s, s + 1):
+        raise ValueError(
+            f"ButcherTableau {name!r}: b_dense must have {s} rows (one per stage), or {s + 1} (the last for "
+            f"f(t_n+1, y_n+1), evaluated as an extra stage), got {rows!r}"
+        )
+    if len(rows) == s + 1:
+        b = (*b, 0.0)
+    out = tuple(_as_vector(row, f"b_dense[{i}]") for i, row in enumerate(rows))
+    degree = len(out[0])
+    if degree == 0 or any(len(row) != degree for row in out):
+        raise ValueError(f"ButcherTableau {name!r}: the rows of b_dense must have one, nonzero length")
+    for i, row in enumerate(out):
+        if abs(math.fsum(row) - b[i]) > _CONSISTENCY_TOL * max(1.0, abs(b[i])):
+            raise ValueError(
+                f"ButcherTableau {name!r}: b_dense[{i}] sums to {math.fsum(row)!r} at theta = 1, but b[{i}] = "
+                f"{b[i]!r}; the interpolant must end on the step's solution"
+            )
+    for p in range(degree):
+        total = math.fsum(row[p] for row in out)
+        if abs(total - (1.0 if p == 0 else 0.0)) > _CONSISTENCY_TOL:
+            raise ValueError(
+                f"ButcherTableau {name!r}: the theta**{p + 1} coefficients of b_dense sum to {total!r}, not "
+                f"{1 if p == 0 else 0}; sum_i b_i(theta) must be theta"
+            )
+    return out
+
+
 def _relative_to_largest(terms: Terms) -> WeightedSum | None:
     """``(p, w_p, ((j, w_j / w_p) for the other terms))``, ``|w_p|`` the largest weight; ``None``
     for no terms."""
@@ -81,6 +118,12 @@ class ButcherTableau:
             for a fixed-step-only method.
         error_order: the order of the embedded method (required with ``b_err``).
         doc: a line on the method and its source, for documentation.
+        b_dense: a continuous extension: per stage, the coefficients of ``theta**1,
+            theta**2, ...`` of ``b_i(theta)`` (rows of equal length), with ``b_i(1) == b_i``
+            and ``sum_i b_i(theta) == theta``; ``None``: the solvers build a Hermite
+            interpolant (``symode._dense``). A method that is not FSAL may give ``s + 1``
+            rows: the last is the weight of ``f(t_{n+1}, y_{n+1})``, which the solvers then
+            evaluate as an extra stage (it is the next step's first).
 
     Coefficients may be given as floats, ints or ``fractions.Fraction``; they are stored as
     Python floats (``a`` as ``s`` full rows). Construction raises ``ValueError``/``TypeError``
@@ -113,6 +156,7 @@ class ButcherTableau:
     b_err: tuple[float, ...] | None = None
     error_order: int | None = None
     doc: str = field(default="", compare=False, repr=False)
+    b_dense: tuple[tuple[float, ...], ...] | None = None
     # derived
     fsal: bool = field(init=False, compare=False, repr=False)
     a_terms: tuple[Terms, ...] = field(init=False, compare=False, repr=False)
@@ -133,6 +177,7 @@ class ButcherTableau:
         b_err: Coefficients | None = None,
         error_order: int | None = None,
         doc: str = "",
+        b_dense: Sequence[Coefficients] | None = None,
     ) -> None:
         if not isinstance(name, str) or not name:
             raise TypeError(f"ButcherTableau.name must be a non-empty string, got {name!r}")
@@ -192,6 +237,7 @@ class ButcherTableau:
         elif error_order is not None:
             raise ValueError(f"ButcherTableau {name!r}: error_order given without b_err")
         a_ = tuple(rows)
+        b_dense_ = None if b_dense is None else _dense_rows(name, b_dense, b_)
         set_ = functools.partial(object.__setattr__, self)
         for key, value in (
             ("name", name),
@@ -202,6 +248,7 @@ class ButcherTableau:
             ("b_err", b_err_),
             ("error_order", error_order),
             ("doc", doc),
+            ("b_dense", b_dense_),
         ):
             set_(key, value)
         # derived facts

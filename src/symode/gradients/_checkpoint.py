@@ -17,6 +17,7 @@ from collections.abc import Iterator
 
 import torch
 
+from .._dense import interpolate, interpolation_stages
 from .._integrate import Trajectory, integrate
 from .._ivp import ODEProblem
 from .._runge_kutta import rk_step
@@ -44,39 +45,43 @@ class Checkpoint(StepwiseMethod):
         assert ys is not None  # record keeps every state
         return ((n, ys[n]) for n in reversed(range(len(trajectory.grid) - 1)))
 
-    def step_back(self, problem, trajectory, n, y, lam, params, param_grads, time_grads):
+    def step_back(self, problem, trajectory, n, y, lam, params, param_grads, time_grads, dense, out_grads):
         t, t_next = trajectory.grid[n], trajectory.grid[n + 1]
+        tableau = problem.tableau
         rhs = problem.rhs("nfe_backward")
         replay = problem.replay(n)  # a stochastic f: the forward step's random numbers
         if replay is not None:
             rhs = replay.wrap(rhs)
         stats = problem.stats
+        stages = interpolation_stages(tableau) if dense else tableau.solution_stages
 
         def step(y: torch.Tensor, *dts: torch.Tensor) -> torch.Tensor:
             before = stats.nfe_backward
-            y_next = rk_step(
-                rhs,
-                problem.tableau,
-                t,
-                t_next,
-                y,
-                with_error=False,
-                stages=problem.tableau.solution_stages,
-                dts=dts or None,
-            )[0]
+            ends = (dts[0], dts[1]) if dts else None
+            y_next, _, ks, _ = rk_step(rhs, tableau, t, t_next, y, with_error=False, stages=stages, dts=ends)
             stats.nfe_backward_vjp += stats.nfe_backward - before
-            return y_next
+            if not dense:
+                return y_next
+            outs = [
+                interpolate(tableau, y, t_next - t, theta, ks, ends, dts[2 + j] if dts else None)
+                for j, (_, theta, _) in enumerate(dense)
+            ]
+            return torch.stack([y_next, *outs])
 
         zero = lam.new_zeros(())
-        extra = (zero, zero) if time_grads is not None else ()
+        extra = (zero,) * (2 + len(dense)) if time_grads is not None else ()
+        cotangent = torch.stack([lam, *(g for _, _, g in dense)]) if dense else lam
         # y_{n+1} = y_n + ...: it always depends on y_n, so its pullback is never None
         mu, time_cotangents, _ = vjp(
-            step, y, lam, params, param_grads, extra=extra, check=closure_check(problem, "Checkpoint")
+            step, y, cotangent, params, param_grads, extra=extra, check=closure_check(problem, "Checkpoint")
         )
         if time_grads is not None:
             for m, g in zip((n, n + 1), time_cotangents):
                 if g is not None:
                     time_grads[m] = time_grads[m] + g
+            for (k, _, _), g in zip(dense, time_cotangents[2:]):
+                if g is not None:
+                    out_grads[k] = out_grads[k] + g
         return mu
 
 
@@ -96,7 +101,12 @@ class OneCheckpoint(RecordingMethod):
             y0 = trajectory.outputs[0].detach().requires_grad_(True)
             before = problem.stats.nfe_backward
             if problem.rng_tape is None:
-                grid = RecordedSteps(tuple(trajectory.grid), tuple(trajectory.out_index), tuple(trajectory.anchors))
+                grid = RecordedSteps(
+                    tuple(trajectory.grid),
+                    tuple(trajectory.out_index),
+                    tuple(trajectory.anchors),
+                    interpolate=bool(trajectory.out_theta),
+                )
                 outputs = integrate(
                     rhs, y0, problem.t_out, problem.tableau, grid, time_carriers=carriers or None
                 ).outputs
@@ -126,21 +136,33 @@ def _replayed_solve(
         return zero if a is None else carriers[a]
 
     outputs, y = [y0], y0
-    targets = set(trajectory.out_index[1:])
+    tableau = problem.tableau
     for n in range(len(grid) - 1):
         replay = problem.replay(n)
         assert replay is not None  # called with a tape only
         dts = (carrier(anchors[n]), carrier(anchors[n + 1])) if carriers else None
-        y = rk_step(
+        thetas, k_next = trajectory.out_theta, len(outputs)
+        dense = bool(thetas) and k_next < len(thetas) and trajectory.out_index[k_next] == n + 1
+        dense = dense and thetas[k_next] is not None
+        y_prev = y
+        y, _, ks, _ = rk_step(
             replay.wrap(rhs),
-            problem.tableau,
+            tableau,
             grid[n],
             grid[n + 1],
             y,
             with_error=False,
-            stages=problem.tableau.solution_stages,
+            stages=interpolation_stages(tableau) if dense else tableau.solution_stages,
             dts=dts,
-        )[0]
-        if n + 1 in targets:
-            outputs.append(y)
+        )
+        h = grid[n + 1] - grid[n]
+        for k in range(len(outputs), len(trajectory.out_index)):  # the outputs this step reaches, in order
+            if trajectory.out_index[k] != n + 1:
+                break
+            theta = thetas[k] if thetas else None
+            if theta is None:
+                outputs.append(y)
+            else:
+                outputs.append(interpolate(tableau, y_prev, h, theta, ks, dts, carriers[k] if carriers else None))
+        del ks, y_prev
     return outputs

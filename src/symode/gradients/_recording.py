@@ -56,7 +56,9 @@ class RecordingMethod(GradientMethod):
                 f"training mode, torch.randn, ...) when the steps are compiled (compile=True): the compiled "
                 f"steps draw other numbers. Use compile=False, or gradient='backprop'"
             )
-        num_stages = problem.tableau.solution_stages[-1] + 1
+        tableau = problem.tableau
+        dense = getattr(problem.steps, "interpolate", False)  # the interpolant's stages are evaluated again too
+        num_stages = tableau.num_stages if dense else tableau.solution_stages[-1] + 1
         tape = RandomTape(problem.y0.device, first.before, self.rng_every_stage, num_stages)
         return dataclasses.replace(problem, rng_tape=tape)
 
@@ -96,31 +98,46 @@ class StepwiseMethod(RecordingMethod):
         params: tuple[torch.Tensor, ...],
         param_grads: list[torch.Tensor],
         time_grads: list[torch.Tensor] | None,
+        dense: list[tuple[int, float, torch.Tensor]],
+        out_grads: list[torch.Tensor] | None,
     ) -> torch.Tensor:
         """The cotangent of ``y_n`` from that of ``y_{n+1}`` (``lam``), adding the step's
         parameter cotangents to ``param_grads`` in place and, if ``time_grads`` is given, the
-        cotangents of the step's end times to ``time_grads[n]`` and ``time_grads[n + 1]``."""
+        cotangents of the step's end times to ``time_grads[n]`` and ``time_grads[n + 1]``.
+        ``dense``: ``(k, theta, g_k)`` for each output interpolated within the step (at
+        ``t_n + theta h``), ``g_k`` its cotangent; the cotangent of its time goes to
+        ``out_grads[k]`` (when ``time_grads`` is given)."""
 
     def backward(self, problem, trajectory, grad_ys, params, with_time):
         param_grads = [torch.zeros_like(p) for p in params]
         zero = grad_ys.new_zeros(())
         time_grads = [zero] * len(trajectory.grid) if with_time else None
-        out_index = trajectory.out_index
+        out_grads = [zero] * len(trajectory.out_index) if with_time else None
+        out_index, thetas = trajectory.out_index, trajectory.out_theta
         k = len(out_index) - 1  # the next output to meet, going backward
         lam = torch.zeros_like(grad_ys[0])
 
         def add_outputs(n: int, lam: torch.Tensor) -> torch.Tensor:
             nonlocal k
-            while k >= 0 and out_index[k] == n:  # an output time: add its cotangent
+            while k >= 0 and out_index[k] == n and not (thetas and thetas[k] is not None):  # a step end
                 lam = lam + grad_ys[k]
                 k -= 1
             return lam
 
         for n, y in self.states(problem, trajectory):
             lam = add_outputs(n + 1, lam)
-            lam = self.step_back(problem, trajectory, n, y, lam, params, param_grads, time_grads)
+            dense = []  # the outputs interpolated in step n
+            while k >= 0 and out_index[k] == n + 1:
+                theta = thetas[k]
+                assert theta is not None  # the step ends were taken above
+                dense.append((k, theta, grad_ys[k]))
+                k -= 1
+            lam = self.step_back(problem, trajectory, n, y, lam, params, param_grads, time_grads, dense, out_grads)
             del y  # not alive while the next state is recomputed
-        return add_outputs(0, lam), output_time_grads(trajectory, time_grads), param_grads
+        grad_t = output_time_grads(trajectory, time_grads)
+        if grad_t is not None and out_grads is not None:
+            grad_t = [a + b for a, b in zip(grad_t, out_grads)]
+        return add_outputs(0, lam), grad_t, param_grads
 
 
 def output_time_grads(trajectory: Trajectory, time_grads: list[torch.Tensor] | None) -> list[torch.Tensor] | None:

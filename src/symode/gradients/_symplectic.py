@@ -21,6 +21,7 @@ from collections.abc import Iterator
 import torch
 
 from .._checks import check_bool, non_negative_int
+from .._dense import dense_terms, interpolation_stages
 from .._integrate import Trajectory
 from .._ivp import ODEProblem
 from .._runge_kutta import rk_step, stage_state, stage_time
@@ -97,7 +98,7 @@ class SymplecticAdjoint(StepwiseMethod):
             lambda i, j, y: _advance(problem, trajectory.grid, i, j, y),
         )
 
-    def step_back(self, problem, trajectory, n, y, lam, params, param_grads, time_grads):
+    def step_back(self, problem, trajectory, n, y, lam, params, param_grads, time_grads, dense, out_grads):
         stored = trajectory.stages[n] if self.store_stages else None
         lam, time_cotangents = _step_adjoint(
             problem,
@@ -110,6 +111,8 @@ class SymplecticAdjoint(StepwiseMethod):
             param_grads,
             stored,
             with_time=time_grads is not None,
+            dense=dense,
+            out_grads=out_grads,
         )
         if time_grads is not None:
             time_grads[n] = time_grads[n] + time_cotangents[0]
@@ -146,6 +149,8 @@ def _step_adjoint(
     param_grads: list[torch.Tensor],
     stored: list[torch.Tensor | None] | None = None,
     with_time: bool = False,
+    dense: list[tuple[int, float, torch.Tensor]] | None = None,
+    out_grads: list[torch.Tensor] | None = None,
 ):
     """Pull the cotangent ``lam`` of ``y_{n+1}`` back through step ``n`` to ``y_n``, adding the
     parameter gradients of the step to ``param_grads`` in place. ``stored``: the step's stage
@@ -156,10 +161,18 @@ def _step_adjoint(
     Returns ``(lam_n, (ct_n, ct_next))``, the second the cotangents of ``t_n`` and ``t_{n+1}``
     when ``with_time`` (else ``None``): with ``h = t_{n+1} - t_n``, stage times
     ``t_n + c_i h`` and ``g_i = kappa_i^T df/dt`` at stage ``i``, ``dL/dh = sum_j kappa_j^T k_j / h
-    + sum_i c_i g_i`` and ``dL/dt_n|_h = sum_i g_i``."""
+    + sum_i c_i g_i`` and ``dL/dt_n|_h = sum_i g_i``.
+
+    ``dense``: ``(k, theta, g_k)`` of the outputs interpolated within the step (``symode._dense``):
+    their cotangents join the stage cotangents (``kappa_i += h b_i(theta) g_k``) and ``y_n``'s, and
+    the stages only the interpolant uses (dopri5's last) join the sweep; the cotangent of each
+    output time, ``g_k^T D`` with ``D = sum_i b_i'(theta) k_i``, goes to ``out_grads[k]`` and moves
+    ``t_n``/``t_{n+1}`` by ``-(1 - theta)``/``-theta`` times it."""
     tableau = problem.tableau
     h = t_next - t
-    stages = tableau.solution_stages
+    dense = dense or []
+    stages = interpolation_stages(tableau) if dense else tableau.solution_stages
+    weights = [dense_terms(tableau, theta) for _, theta, _ in dense]
 
     # 1. the stage states: stored, or recomputed without a graph (the last stage's k is not needed)
     replay = problem.replay(n, capture=stored is None)
@@ -189,11 +202,18 @@ def _step_adjoint(
     for i in stages:
         if tableau.b[i] != 0.0:
             kappa[i] = lam * (h * tableau.b[i])
+    for (_, _, g), (values, _) in zip(dense, weights):
+        for i, bi in values:
+            kappa_i = kappa[i]
+            kappa[i] = g * (h * bi) if kappa_i is None else kappa_i.add(g, alpha=h * bi)
+    slopes = [lam.new_zeros(()) for _ in dense] if with_time else []  # g_k^T D, summed over the stages
     lam_step: torch.Tensor | None = None  # the step's sum of mu_i, added to lam once
     ct = [lam.new_zeros(()), lam.new_zeros(())] if with_time else None
     for i in reversed(stages):
         cotangent, kappa[i] = kappa[i], None
         Yi, Ys[i] = Ys[i], None
+        if cotangent is None and with_time and any(m == i for _, derivative in weights for m, _ in derivative):
+            cotangent = torch.zeros_like(lam)  # k_i is needed for the interpolant's time derivative
         if cotangent is None:  # structurally zero: nothing flows through this stage
             continue
         assert Yi is not None  # the state of every stage in stages is stored or recomputed above
@@ -216,6 +236,10 @@ def _step_adjoint(
             dh = (cotangent * k).sum() / h
             ct[0] = ct[0] - dh
             ct[1] = ct[1] + dh
+            for j, ((_, _, g_out), (_, derivative)) in enumerate(zip(dense, weights)):
+                for m, d in derivative:
+                    if m == i:
+                        slopes[j] = slopes[j] + d * (g_out * k).sum()
             if g is not None:
                 ct[0] = ct[0] + (1.0 - tableau.c[i]) * g
                 ct[1] = ct[1] + tableau.c[i] * g
@@ -236,4 +260,11 @@ def _step_adjoint(
     for total, g in zip(param_grads, step_grads):
         total.add_(g)
     lam_out = lam if lam_step is None else lam + lam_step
+    for _, _, g in dense:  # y_n enters each interpolated output with weight 1
+        lam_out = lam_out + g
+    if ct is not None and out_grads is not None:
+        for (k, theta, _), slope in zip(dense, slopes):
+            out_grads[k] = out_grads[k] + slope
+            ct[0] = ct[0] - (1.0 - theta) * slope
+            ct[1] = ct[1] - theta * slope
     return lam_out, ct
