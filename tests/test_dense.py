@@ -296,3 +296,35 @@ def test_interpolation_stages_include_the_fsal_stage():
 def test_invalid_continuous_extensions_are_refused(b_dense, match):
     with pytest.raises(ValueError, match=match):
         symode.ButcherTableau("heun", c=(0, 1), a=((), (1,)), b=(0.5, 0.5), order=2, b_dense=b_dense)
+
+
+def test_symplectic_adjoint_memory_with_many_interpolated_outputs():
+    """1000 interpolated outputs cost the symplectic adjoint what the outputs and the loss on them
+    take by themselves (the same loss on a tensor of 1000 outputs), within 5% of the outputs'
+    size: its floor (steps + stages + network) is unchanged (deterministic profiler measure)."""
+    from symode.bench import peak_memory
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.Tanh(), torch.nn.Linear(32, 8))
+    y0 = torch.randn(16, 8, requires_grad=True)
+
+    def iteration(n):
+        sol = symode.solve(
+            lambda s, y: net(y),
+            y0,
+            torch.linspace(0.0, 2.0, n),
+            steps=symode.AdaptiveSteps(rtol=1e-5, atol=1e-7),
+            gradient="symplectic_adjoint",
+            adjoint_params=tuple(net.parameters()),
+        )
+        sol.ys.pow(2).mean().backward()
+        return sol.stats.num_accepted
+
+    def outputs_and_loss(n):
+        torch.zeros(n, 16, 8).requires_grad_(True).pow(2).mean().backward()
+
+    few, many = peak_memory(iteration, 2), peak_memory(iteration, 1000)
+    assert few.result == many.result  # the same steps
+    own = peak_memory(outputs_and_loss, 1000).peak_bytes - peak_memory(outputs_and_loss, 2).peak_bytes
+    outputs = 1000 * 16 * 8 * 4
+    assert abs((many.peak_bytes - few.peak_bytes) - own) < 0.05 * outputs

@@ -186,7 +186,11 @@ class _RecordedSolve(torch.autograd.Function):
         ctx.save_for_backward(y0, *params)
         ctx.component_versions = [(c, c._version) for c in problem.layout.components or ()]
         ctx.buffers = _Buffers(method, problem, first)
-        return torch.stack(trajectory.outputs)
+        ys = torch.stack(trajectory.outputs)
+        # the trajectory (kept for the backward pass) holds views of the stacked outputs, not copies:
+        # interpolated outputs are tensors of their own, which would otherwise be held twice
+        trajectory.outputs = list(ys.detach().unbind(0))
+        return ys
 
     @staticmethod
     def backward(ctx, grad_ys: torch.Tensor):
