@@ -328,3 +328,88 @@ def test_symplectic_adjoint_memory_with_many_interpolated_outputs():
     own = peak_memory(outputs_and_loss, 1000).peak_bytes - peak_memory(outputs_and_loss, 2).peak_bytes
     outputs = 1000 * 16 * 8 * 4
     assert abs((many.peak_bytes - few.peak_bytes) - own) < 0.05 * outputs
+
+
+# ----------------------------------------------------------------------------------------------
+# the dense solution object
+
+
+@pytest.mark.parametrize("name", ADAPTIVE + ["rk4"])
+def test_dense_solution_agrees_with_the_interpolated_outputs(name):
+    func = Field(dim=3, hidden=8)
+    y0 = torch.randn(2, 3, dtype=F64, generator=torch.Generator().manual_seed(0))
+    t = torch.linspace(0.0, 1.5, 37, dtype=F64)
+    steps = symode.FixedSteps(step_size=0.1) if name == "rk4" else symode.AdaptiveSteps(rtol=1e-6, atol=1e-8)
+    sol = symode.solve(func, y0, t, method=name, steps=steps, dense=True)
+    if name != "rk4":  # fixed steps end on every output time: compare with interpolated outputs of the adaptive solve
+        plain = symode.solve(func, y0, t, method=name, steps=steps)
+        torch.testing.assert_close(sol.ys, plain.ys, rtol=0, atol=0)
+    torch.testing.assert_close(sol.dense(t), sol.ys, rtol=1e-13, atol=1e-13)
+    # the slope at the step ends is f there (every extension is C1), and between them the derivative of the
+    # interpolant (central differences)
+    ends = sol.grid
+    with torch.no_grad():
+        f_ends = torch.stack([func(s, y) for s, y in zip(ends, sol.dense(ends))])
+    tol = 1e-9 if name == "tsit5" else 1e-11  # Tsitouras' published digits
+    torch.testing.assert_close(sol.dense.derivative(ends).detach(), f_ends, rtol=tol, atol=tol)
+    mid = torch.tensor([0.123, 0.777, 1.3], dtype=F64)
+    eps = 1e-6
+    fd = (sol.dense(mid + eps) - sol.dense(mid - eps)) / (2 * eps)
+    torch.testing.assert_close(sol.dense.derivative(mid), fd, rtol=1e-7, atol=1e-8)
+
+
+def test_dense_solution_is_differentiable():
+    func = Field(dim=2, hidden=6, seed=3)
+    y0 = torch.tensor([[0.5, -0.3]], dtype=F64, requires_grad=True)
+    sol = symode.solve(
+        func, y0, torch.tensor([0.0, 1.3], dtype=F64), steps=symode.AdaptiveSteps(rtol=1e-4, atol=1e-4), dense=True
+    )
+    times = torch.tensor([0.21, 0.55, 0.9], dtype=F64, requires_grad=True)
+    value = sol.dense(times)
+    loss = (value**2).sum()
+    g_y0, g_t = torch.autograd.grad(loss, (y0, times))
+    # d/dt of the evaluation is the interpolant's derivative
+    torch.testing.assert_close(
+        g_t, (2 * value * sol.dense.derivative(times)).sum((1, 2)).detach(), rtol=1e-12, atol=1e-14
+    )
+    # and y0's gradient is backprop's through the same interpolated outputs
+    y0b = y0.detach().requires_grad_(True)
+    ys = symode.solve(
+        func,
+        y0b,
+        torch.cat([torch.zeros(1, dtype=F64), times.detach(), torch.tensor([1.3], dtype=F64)]),
+        steps=symode.AdaptiveSteps(rtol=1e-4, atol=1e-4),
+    ).ys
+    (g_ref,) = torch.autograd.grad((ys[1:4] ** 2).sum(), y0b)
+    torch.testing.assert_close(g_y0, g_ref, rtol=1e-12, atol=1e-14)
+
+
+def test_dense_solution_refuses_what_it_cannot_do():
+    func = Field(dim=2, hidden=4)
+    y0 = torch.zeros(1, 2, dtype=F64, requires_grad=True)
+    t = torch.tensor([0.0, 1.0], dtype=F64)
+    sol = symode.solve(func, y0, t, dense=True)
+    for bad in (1.5, -0.1, float("nan"), torch.tensor([0.5, 2.0])):
+        with pytest.raises(ValueError, match="outside the solved span"):
+            sol.dense(bad)
+    with pytest.raises(ValueError, match="backprop only"):
+        symode.solve(func, y0, t, dense=True, gradient="symplectic_adjoint")
+    with pytest.raises(ValueError, match="must not require grad"):
+        symode.solve(func, y0, t.clone().requires_grad_(True), dense=True)
+    with pytest.raises(TypeError, match="dense"):
+        symode.solve(func, y0, t, dense=1)
+    with torch.no_grad():  # nothing to differentiate: any gradient method
+        assert symode.solve(func, y0, t, dense=True, gradient="symplectic_adjoint").dense is not None
+    single = symode.solve(func, y0, t[:1], dense=True).dense
+    torch.testing.assert_close(single(0.0), y0.detach())
+
+
+def test_odeint_dense_matches_torchdiffeq():
+    torchdiffeq = pytest.importorskip("torchdiffeq")
+    y0 = torch.tensor([2.0, 0.0], dtype=F64)
+    ours = symode.odeint_dense(_ode_demo, y0, torch.tensor(0.0, dtype=F64), torch.tensor(5.0, dtype=F64))
+    theirs = torchdiffeq.odeint_dense(_ode_demo, y0, torch.tensor(0.0, dtype=F64), torch.tensor(5.0, dtype=F64))
+    for s in (0.0, 0.77, 2.5, 5.0):
+        # both within their tolerance of the truth: torchdiffeq's error weights and interpolant differ
+        torch.testing.assert_close(ours(s), theirs(torch.tensor(s, dtype=F64)), rtol=0, atol=1e-5)
+    assert ours(0.77).shape == y0.shape and ours.t0 == 0.0 and ours.t1 == 5.0

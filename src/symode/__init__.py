@@ -13,9 +13,11 @@ from ._compat import (
     odeint,
     odeint_adjoint,
     odeint_checkpoint,
+    odeint_dense,
     odeint_onecheckpoint,
     odeint_symplectic_adjoint,
 )
+from ._dense_solution import DenseSolution
 from ._methods import TABLEAUS, get_tableau
 from ._solve import Solution, solve
 from ._state import StateLayout
@@ -35,9 +37,11 @@ __all__ = [
     "odeint_checkpoint",
     "odeint_onecheckpoint",
     "odeint_symplectic_adjoint",
+    "odeint_dense",
     "make_steps",
     "solve",
     "Solution",
+    "DenseSolution",
     "Stats",
     "SolveError",
     "Backprop",

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from ._dense_solution import DenseSolution
 from ._methods import get_tableau
 from ._solve import solve
 from ._state import State
@@ -34,6 +35,7 @@ __all__ = [
     "odeint_checkpoint",
     "odeint_onecheckpoint",
     "odeint_symplectic_adjoint",
+    "odeint_dense",
     "make_steps",
 ]
 
@@ -107,6 +109,29 @@ def odeint(
     return solve(
         func, y0, t, method=method, steps=steps, gradient=gradient, adjoint_params=adjoint_params, compile=compile
     ).ys
+
+
+def odeint_dense(
+    func: Callable[..., Any],
+    y0: State,
+    t0: Any,
+    t1: Any,
+    *,
+    rtol: Tolerance = DEFAULT_RTOL,
+    atol: Tolerance = DEFAULT_ATOL,
+    method: Method = "dopri5",
+    options: Mapping[str, Any] | None = None,
+) -> DenseSolution:
+    """Solve from ``t0`` to ``t1`` and return the solution as a function of time (torchdiffeq's
+    ``odeint_dense``): ``sol = odeint_dense(...)``, then ``sol(t)`` for any ``t`` in the span (a
+    float, a 0-dim or a 1-D tensor) and ``sol.derivative(t)``. Differentiable by backprop in
+    ``y0``, the parameters of ``func`` and the evaluation times; see
+    :class:`symode.DenseSolution`."""
+    times = torch.stack([torch.as_tensor(t0, dtype=torch.float64), torch.as_tensor(t1, dtype=torch.float64)])
+    steps = make_steps(method, rtol, atol, options)
+    solution = solve(func, y0, times.detach(), method=method, steps=steps, dense=True).dense
+    assert solution is not None  # asked for
+    return solution
 
 
 def odeint_symplectic_adjoint(

@@ -41,6 +41,8 @@ class Trajectory:
         out_theta: per output time, ``None`` when it is a step end, else the fraction
             ``theta`` in (0, 1) of the step holding it at which it was interpolated (empty:
             no output was interpolated).
+        derivatives: with ``keep_derivatives=True``, ``derivatives[n][i]`` is ``k_i`` of step
+            ``n`` for the stages the continuous extension uses (``None`` for the others).
         ys: the state at every grid point (``keep_states=True``), else ``None``.
         stats: the counts of the solve.
         stages: with ``keep_stages=True``, ``stages[n][i]`` is the state of stage ``i`` of
@@ -59,6 +61,7 @@ class Trajectory:
     stages: list[list[torch.Tensor | None]] | None = None
     anchors: list[int | None] = field(default_factory=list)
     out_theta: list[float | None] = field(default_factory=list)
+    derivatives: list[list[torch.Tensor | None]] | None = None
 
 
 class _DenseOutput:
@@ -133,6 +136,7 @@ def integrate(
     norm: Norm | None = None,
     keep_states: bool = False,
     keep_stages: bool = False,
+    keep_derivatives: bool = False,
     stats: Stats | None = None,
     f0: torch.Tensor | None = None,
     time_carriers: Sequence[torch.Tensor] | None = None,
@@ -146,7 +150,8 @@ def integrate(
     (and ``RecordedSteps`` of such a solve) the steps go freely to ``t_out[-1]`` and the other
     output times are interpolated: ``tableau`` must then carry ``b_dense``
     (``symode._dense.interpolation_tableau``). ``keep_states``/``keep_stages``
-    record the state/the stage states at every accepted step. ``time_carriers[k]``: a
+    record the state/the stage states at every accepted step, ``keep_derivatives`` the stage
+    derivatives the continuous extension uses (``symode._dense_solution``). ``time_carriers[k]``: a
     zero-valued tensor carrying the gradient of ``t_out[k]`` into the graph (see
     ``symode._runge_kutta``), for backpropagation with respect to the output times. ``f0 = rhs(t_out[0], y0)`` may be
     passed if already evaluated. ``step``: takes the steps instead of
@@ -171,9 +176,11 @@ def integrate(
         traj.anchors,
     )
     fsal = tableau.fsal
+    derivatives = traj.derivatives = [] if keep_derivatives else None
     carrier_zero = None if time_carriers is None else torch.zeros_like(time_carriers[0])
     dense = None
     kept_stages = tableau.solution_stages  # the stage states keep_stages keeps
+    interpolated = interpolation_stages(tableau) if keep_derivatives else ()
     if getattr(steps, "interpolate", False) and len(t_out) > 1:
         dense = _DenseOutput(tableau, t_out, time_carriers, traj)
         kept_stages = interpolation_stages(tableau)
@@ -183,8 +190,10 @@ def integrate(
             return None
         return (carrier_zero if a is None else time_carriers[a], carrier_zero if b is None else time_carriers[b])
 
-    def accept(t_next: float, y_next: torch.Tensor, Ys, anchor: int | None) -> None:
+    def accept(t_next: float, y_next: torch.Tensor, Ys, ks, anchor: int | None) -> None:
         stats.num_accepted += 1
+        if derivatives is not None:
+            derivatives.append([ks[i] if i in interpolated else None for i in range(len(ks))])
         grid.append(t_next)
         anchors.append(anchor)
         if ys is not None:  # keep_states
@@ -201,14 +210,14 @@ def integrate(
             if tape is not None:
                 tape.try_started(k1 is not None)
             dts = carriers(point_anchors[n], point_anchors[n + 1])
-            extra = {"stages": interpolation_stages(tableau)} if n + 1 in holds else {}
+            extra = {"stages": interpolation_stages(tableau)} if n + 1 in holds or keep_derivatives else {}
             y, _, ks, Ys = step(t, t_next, y, k1, with_error=False, keep_stage_states=keep_stages, dts=dts, **extra)
             if low_precision:
                 _check_progress(y_prev, y, ks, t, t_next, stats)
             if tape is not None:
                 tape.try_ended(True, fsal)
             k1 = ks[-1] if fsal else None
-            accept(t_next, y, Ys, point_anchors[n + 1])
+            accept(t_next, y, Ys, ks, point_anchors[n + 1])
             if dense is not None:
                 dense.step(t, t_next, y_prev, y, ks, dts, stats)
             elif len(grid) - 1 == idx[len(outputs)]:
@@ -301,7 +310,7 @@ def integrate(
             if accepted:
                 if low_precision:
                     _check_progress(y, y_next, ks, t, t_next, stats)
-                accept(t_next, y_next, Ys, end_anchor if clipped else k)
+                accept(t_next, y_next, Ys, ks, end_anchor if clipped else k)
                 if dense is not None:
                     dense.step(t, t_next, y, y_next, ks, dts, stats)
                 t, y = t_next, y_next

@@ -97,13 +97,15 @@ class ODEProblem:
         *,
         keep_states: bool = False,
         keep_stages: bool = False,
+        keep_derivatives: bool = False,
         f0: torch.Tensor | None = None,
         time_carriers: Sequence[torch.Tensor] | None = None,
     ) -> Trajectory:
         """The forward solve: run the time loop from ``y0`` (default: the problem's), counting
         the calls of ``f`` in ``stats.nfe_forward``; with ``compile``, its steps are compiled
         (``symode._compiled``). ``keep_states``/``keep_stages`` keep every accepted state/the
-        stage states of every step; ``f0 = f(t0, y0)`` if already evaluated;
+        stage states of every step, ``keep_derivatives`` the stage derivatives the continuous
+        extension uses (for ``symode.solve(dense=True)``); ``f0 = f(t0, y0)`` if already evaluated;
         ``time_carriers``: see ``time_carriers``."""
         rhs, step = self.rhs(), None
         if self.rng_tape is not None:
@@ -126,6 +128,7 @@ class ODEProblem:
             norm=self.norm,
             keep_states=keep_states,
             keep_stages=keep_stages,
+            keep_derivatives=keep_derivatives,
             stats=self.stats,
             f0=f0,
             time_carriers=time_carriers,

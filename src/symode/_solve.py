@@ -26,13 +26,14 @@ import torch
 
 from ._checks import check_bool
 from ._dense import interpolation_tableau
+from ._dense_solution import DenseSolution
 from ._ivp import ODEProblem
 from ._methods import get_tableau
 from ._state import State, StateLayout
 from ._stats import Stats
 from ._step_size import AdaptiveSteps, FixedSteps
 from ._tableau import ButcherTableau
-from .gradients import GradientMethod, get_gradient_method
+from .gradients import Backprop, GradientMethod, get_gradient_method
 
 __all__ = ["Solution", "solve"]
 
@@ -48,12 +49,16 @@ class Solution:
         stats: accepted/rejected steps and evaluations of ``f`` forward and backward (the
             backward counts fill in when ``.backward()`` runs).
         grid: the accepted step endpoints (float64), ``t[0]`` first.
+        dense: with ``solve(..., dense=True)``, the solution as a function of time on
+            ``[t[0], t[-1]]`` (``symode.DenseSolution``: ``sol.dense(t)``,
+            ``sol.dense.derivative(t)``); else ``None``.
     """
 
     ts: torch.Tensor
     ys: State
     stats: Stats
     grid: torch.Tensor
+    dense: DenseSolution | None = None
 
 
 def solve(
@@ -66,6 +71,7 @@ def solve(
     gradient: str | GradientMethod = "backprop",
     adjoint_params: Sequence[torch.Tensor] | None = None,
     compile: bool = False,
+    dense: bool = False,
 ) -> Solution:
     """Solve ``dy/dt = func(t, y)``, ``y(t[0]) = y0``, and return the states at the times ``t``.
 
@@ -92,6 +98,11 @@ def solve(
             configuration compiles; results agree with an eager solve to round-off. Not with
             backprop through a ``func`` that differentiates itself (torch.compile has no
             double backward).
+        dense: also return the solution as a function of time (``Solution.dense``): every
+            step's stages are kept (with their graph), so it is differentiated by backprop
+            only: with a gradient wanted, ``gradient`` must be ``"backprop"``. (Every exact
+            method differentiates the states at the times ``t`` asked for, interpolated, with
+            its own memory.)
 
     Returns:
         Solution: the states at ``t``, the accepted grid and the counts.
@@ -106,6 +117,7 @@ def solve(
     tableau = get_tableau(method)
     grad_method = get_gradient_method(gradient)
     check_bool(compile, "compile")
+    check_bool(dense, "dense")
     layout = StateLayout.of(y0)
     ts, t_out = _output_times(t)
     if steps is None:
@@ -116,6 +128,8 @@ def solve(
         tableau.check_adaptive()
         if steps.interpolate:
             tableau = interpolation_tableau(tableau)
+    if dense:
+        tableau = interpolation_tableau(tableau)
     params, explicit = _parameters(func, adjoint_params)
     if ts.requires_grad and not grad_method.time_gradient:
         warnings.warn(
@@ -143,9 +157,35 @@ def solve(
         t=ts if ts.requires_grad and ts.is_floating_point() and grad_method.time_gradient else None,
         compile=compile,
     )
-    ys, trajectory = grad_method.solve(problem)
+    if dense:
+        ys, trajectory, dense_solution = _dense_solve(problem, grad_method, ts)
+    else:
+        (ys, trajectory), dense_solution = grad_method.solve(problem), None
     grid = torch.tensor(trajectory.grid, dtype=torch.float64)
-    return Solution(ts=ts, ys=layout.unflatten(ys, (ys.shape[0],)), stats=problem.stats, grid=grid)
+    return Solution(
+        ts=ts, ys=layout.unflatten(ys, (ys.shape[0],)), stats=problem.stats, grid=grid, dense=dense_solution
+    )
+
+
+def _dense_solve(problem: ODEProblem, grad_method: GradientMethod, ts: torch.Tensor):
+    """The forward solve keeping every step's stage derivatives, differentiated by backprop."""
+    if problem.requires_grad and not isinstance(grad_method, Backprop):
+        raise ValueError(
+            f"dense=True keeps every step's stages, with their graph, and is differentiated by backprop only; "
+            f"got gradient={grad_method!r}. Use gradient='backprop', or pass the times you need as t (the states "
+            f"there are interpolated and every exact method differentiates them with its own memory)"
+        )
+    if ts.requires_grad:
+        raise ValueError(
+            "dense=True: t must not require grad (the dense solution is differentiable in y0, the parameters "
+            "and the times it is evaluated at, not in its own span); evaluate it at times that require grad"
+        )
+    if problem.compile:
+        raise ValueError("dense=True takes its steps eagerly: use compile=False")
+    trajectory = problem.integrate(keep_states=True, keep_derivatives=True)
+    assert trajectory.ys is not None and trajectory.derivatives is not None  # kept on request
+    solution = DenseSolution(problem.tableau, trajectory.grid, trajectory.ys, trajectory.derivatives, problem.layout)
+    return torch.stack(trajectory.outputs), trajectory, solution
 
 
 # --------------------------------------------------------------------------------------
