@@ -187,9 +187,14 @@ class _RecordedSolve(torch.autograd.Function):
         ctx.component_versions = [(c, c._version) for c in problem.layout.components or ()]
         ctx.buffers = _Buffers(method, problem, first)
         ys = torch.stack(trajectory.outputs)
-        # the trajectory (kept for the backward pass) holds views of the stacked outputs, not copies:
-        # interpolated outputs are tensors of their own, which would otherwise be held twice
-        trajectory.outputs = list(ys.detach().unbind(0))
+        if any(theta is not None for theta in trajectory.out_theta):
+            # the trajectory (kept for the backward pass) holds views of the stacked outputs for the
+            # interpolated ones: they are tensors of their own, which would otherwise be held twice
+            views = ys.detach().unbind(0)
+            trajectory.outputs = [
+                views[k] if theta is not None else y
+                for k, (y, theta) in enumerate(zip(trajectory.outputs, trajectory.out_theta))
+            ]
         return ys
 
     @staticmethod
