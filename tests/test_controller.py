@@ -44,8 +44,8 @@ def clip(f, steps):
 def test_defaults():
     steps = AdaptiveSteps()
     assert (steps.controller, steps.safety, steps.ifactor, steps.dfactor) == ("i", 0.9, 10.0, 0.2)
-    assert steps.gains == (1.0, 0.0)
-    assert AdaptiveSteps(controller="pi").gains == (0.3, 0.4)
+    assert steps.gains == (1.0, 0.0, 0.0)
+    assert AdaptiveSteps(controller="pi").gains == (0.3, 0.4, 0.0)
     assert AdaptiveSteps(controller="PI").controller == "pi"
 
 
@@ -134,7 +134,7 @@ def test_after_reject_caps_the_factor_at_one(controller):
         ({"ifactor": 1.0}, "ifactor"),
         ({"dfactor": 1.0}, "dfactor"),
         ({"dfactor": -0.1}, "dfactor"),
-        ({"controller": "pid"}, "controller"),
+        ({"controller": "pd"}, "controller"),
         ({"max_num_steps": 0}, "max_num_steps"),
         ({"first_step": -1.0}, "first_step"),
     ],

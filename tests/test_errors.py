@@ -166,10 +166,15 @@ def test_options_not_a_dict():
 @pytest.mark.parametrize("method", FIXED_ONLY_METHODS)
 def test_fixed_method_without_step_size(method):
     name = symode.TABLEAUS[method].name  # an alias (heun2) reports the tableau's own name
-    with pytest.raises(ValueError, match=rf"method {name!r} takes fixed steps: give options=\{{'step_size': h\}}"):
-        symode.odeint(decay, Y0, T, method=method)
+    # odeint, as torchdiffeq: one step from each output time to the next
+    torch.testing.assert_close(
+        symode.odeint(decay, Y0, T, method=method),
+        symode.solve(decay, Y0, T, method=method, steps=symode.FixedSteps(grid=T)).ys,
+        rtol=0,
+        atol=0,
+    )
     with pytest.raises(ValueError, match=rf"method {name!r} takes fixed steps"):
-        symode.odeint(decay, Y0, T, method=method, options={"step_size": None})
+        symode.odeint(decay, Y0, T, method=method, options={"step_size": None, "first_step": 0.1})
     with pytest.raises(ValueError, match=r"needs a step size.*FixedSteps\(step_size="):
         symode.solve(decay, Y0, T, method=method)
     with pytest.raises(ValueError, match=r"has no error estimate.*step_size"):
@@ -245,7 +250,7 @@ def test_bad_grid(grid, match):
     [
         ("first_step", 0.0, ValueError, r"first_step must be positive and finite"),
         ("first_step", -1e-3, ValueError, r"first_step must be positive and finite"),
-        ("controller", "pid", ValueError, r"controller must be one of \['i', 'pi'\]"),
+        ("controller", "pd", ValueError, r"controller must be one of \['i', 'pi', 'pid'\]"),
         ("safety", 1.5, ValueError, r"safety must be in \(0, 1\]"),
         ("ifactor", 0.5, ValueError, r"ifactor .* must be > 1"),
         ("dfactor", 2.0, ValueError, r"dfactor .* must be < 1"),

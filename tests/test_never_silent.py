@@ -1076,7 +1076,11 @@ def test_adjoint_params_single_tensor_and_duplicates(gradient):
     [
         ({"options": {"foo": 1}}, ValueError, r"unknown option\(s\) \['foo'\]"),
         ({"options": [("step_size", 0.1)]}, TypeError, r"options must be a dict"),
-        ({"method": "rk4"}, ValueError, r"takes fixed steps: give options=\{'step_size'"),
+        (
+            {"method": "rk4", "options": {"first_step": 0.1}},
+            ValueError,
+            r"takes fixed steps: give options=\{'step_size'",
+        ),
         ({"method": "nope"}, ValueError, r"unknown method 'nope'"),
         ({"method": "rk4", "options": {"step_size": -0.1}}, ValueError, r"step_size must be positive"),
         ({"method": "rk4", "options": {"step_size": 0.0}}, ValueError, r"step_size must be positive"),
@@ -1087,7 +1091,7 @@ def test_adjoint_params_single_tensor_and_duplicates(gradient):
     ids=[
         "unknown_key",
         "not_a_dict",
-        "fixed_without_step",
+        "fixed_with_adaptive_option",
         "unknown_method",
         "negative_step",
         "zero_step",

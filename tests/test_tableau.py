@@ -152,6 +152,7 @@ EXPECTED_SHAPE = {  # name: (stages, order, error_order)
     "midpoint": (2, 2, None),
     "heun": (2, 2, None),
     "heun2": (2, 2, None),
+    "heun3": (3, 3, None),
     "ralston": (2, 2, None),
     "rk4": (4, 4, None),
     "rk38": (4, 4, None),
@@ -401,7 +402,11 @@ def test_get_tableau_unknown_name():
     assert "ButcherTableau" in message
 
 
-@pytest.mark.parametrize("bad", [None, 4, ["rk4"], b"rk4"])
+def test_get_tableau_none_is_dopri5():
+    assert get_tableau(None) is TABLEAUS["dopri5"]  # torchdiffeq's method=None
+
+
+@pytest.mark.parametrize("bad", [4, ["rk4"], b"rk4"])
 def test_get_tableau_wrong_type(bad):
     with pytest.raises(TypeError, match="ButcherTableau"):
         get_tableau(bad)

@@ -39,16 +39,30 @@ __all__ = [
     "make_steps",
 ]
 
-Method = str | ButcherTableau
+Method = str | ButcherTableau | None
 Params = Sequence[torch.Tensor] | None
 
 _FIXED_OPTIONS = ("step_size", "grid")
-_ADAPTIVE_OPTIONS = ("first_step", "controller", "safety", "ifactor", "dfactor", "interpolate")
+_ADAPTIVE_OPTIONS = (
+    "first_step",
+    "controller",
+    "safety",
+    "ifactor",
+    "dfactor",
+    "interpolate",
+    "min_step",
+    "max_step",
+    "step_t",
+    "norm",
+    "pcoeff",
+    "icoeff",
+    "dcoeff",
+)
 _BOTH_OPTIONS = ("max_num_steps",)  # the limit on the steps of a solve, fixed or adaptive
 
 
 def make_steps(
-    method: Method, rtol: Tolerance, atol: Tolerance, options: Mapping[str, Any] | None
+    method: Method | None, rtol: Tolerance, atol: Tolerance, options: Mapping[str, Any] | None, t: Any = None
 ) -> FixedSteps | AdaptiveSteps:
     """The step-size rule for ``method`` from torchdiffeq-style ``rtol``, ``atol``, ``options``.
 
@@ -57,9 +71,12 @@ def make_steps(
     ``grid`` (the step endpoints; the output times are added) — any method, adaptive ones
     included, then takes fixed steps — and, for adaptive steps, ``first_step``,
     ``controller`` (``"i"`` or ``"pi"``), ``safety``, ``ifactor`` and ``dfactor`` (see
-    :class:`symode.AdaptiveSteps`); ``max_num_steps`` (default 100000) limits either kind. An
-    unknown key, or keys of both kinds, raise ``ValueError``; a fixed-step method without a
-    step size raises ``ValueError``.
+    :class:`symode.AdaptiveSteps`), ``min_step``, ``max_step``, ``step_t`` (times every step
+    must end on), ``norm`` (a callable on the state, as torchdiffeq's; a tuple state is handed
+    to it as a tuple), ``interpolate``, and ``controller="pid"`` with ``pcoeff``, ``icoeff``,
+    ``dcoeff``; ``max_num_steps`` (default 100000) limits either kind. An unknown key, or keys
+    of both kinds, raise ``ValueError``. A fixed-step method without a step size steps from
+    one output time to the next (the output times ``t`` are its grid), as in torchdiffeq.
     """
     options = {} if options is None else options
     if not isinstance(options, Mapping):
@@ -80,6 +97,12 @@ def make_steps(
                 f"give one or the other"
             )
         return FixedSteps(**fixed, **{k: options[k] for k in _BOTH_OPTIONS if k in options})
+    if not tableau.adaptive and t is not None and not any(k in options for k in _ADAPTIVE_OPTIONS):
+        both = {k: options[k] for k in _BOTH_OPTIONS if k in options}
+        times = torch.as_tensor(t).detach().reshape(-1)
+        if times.numel() < 2:  # a single output time: no step
+            return FixedSteps(step_size=1.0, **both)
+        return FixedSteps(grid=times, **both)
     tableau.check_adaptive()
     return AdaptiveSteps(rtol=rtol, atol=atol, **options)
 
@@ -105,9 +128,16 @@ def odeint(
     :func:`symode.solve` for the arguments (``compile`` included) and the dtype policy, and
     :func:`symode.make_steps` for the options.
     """
-    steps = make_steps(method, rtol, atol, options)
+    steps = make_steps(method, rtol, atol, options, t)
     return solve(
-        func, y0, t, method=method, steps=steps, gradient=gradient, adjoint_params=adjoint_params, compile=compile
+        func,
+        y0,
+        t,
+        method=get_tableau(method),
+        steps=steps,
+        gradient=gradient,
+        adjoint_params=adjoint_params,
+        compile=compile,
     ).ys
 
 
@@ -128,8 +158,8 @@ def odeint_dense(
     ``y0``, the parameters of ``func`` and the evaluation times; see
     :class:`symode.DenseSolution`."""
     times = torch.stack([torch.as_tensor(t0, dtype=torch.float64), torch.as_tensor(t1, dtype=torch.float64)])
-    steps = make_steps(method, rtol, atol, options)
-    solution = solve(func, y0, times.detach(), method=method, steps=steps, dense=True).dense
+    steps = make_steps(method, rtol, atol, options, times)
+    solution = solve(func, y0, times.detach(), method=get_tableau(method), steps=steps, dense=True).dense
     assert solution is not None  # asked for
     return solution
 

@@ -142,6 +142,7 @@ def integrate(
     time_carriers: Sequence[torch.Tensor] | None = None,
     step: Callable[..., Any] | None = None,
     tape: RandomTape | None = None,
+    callbacks: Any = None,
 ) -> Trajectory:
     """Solve from ``y0`` at ``t_out[0]`` through the output times ``t_out``.
 
@@ -157,7 +158,9 @@ def integrate(
     passed if already evaluated. ``step``: takes the steps instead of
     ``rk_step(rhs, tableau, ...)``, with its signature (``symode._compiled.CompiledStep``).
     ``tape``: told when each trial step starts and ends, to record the random generators'
-    states (``symode._random``; ``rhs`` is then ``tape.recording(...)``).
+    states (``symode._random``; ``rhs`` is then ``tape.recording(...)``). ``callbacks``: an
+    object with ``step(t, y, h)``, ``accept(t, y, h)`` and ``reject(t, y, h)`` (torchdiffeq's
+    step callbacks, ``symode._ivp``), told of every trial step (fixed steps: ``step`` only).
     Raises ``SolveError`` if the solve cannot succeed.
     """
     stats = Stats() if stats is None else stats
@@ -211,6 +214,8 @@ def integrate(
                 tape.try_started(k1 is not None)
             dts = carriers(point_anchors[n], point_anchors[n + 1])
             extra = {"stages": interpolation_stages(tableau)} if n + 1 in holds or keep_derivatives else {}
+            if callbacks is not None:
+                callbacks.step(t, y, t_next - t)
             y, _, ks, Ys = step(t, t_next, y, k1, with_error=False, keep_stage_states=keep_stages, dts=dts, **extra)
             if low_precision:
                 _check_progress(y_prev, y, ks, t, t_next, stats)
@@ -259,8 +264,14 @@ def integrate(
                 norm,
                 abs(t_out[-1] - t_out[0]),
             )
-    prev_ratio = 1.0
+    prev_ratio = prev_prev_ratio = 1.0
     after_reject = False
+    # steps forced to end on these times (options["step_t"]), inside the span, in the direction of the solve
+    forced = sorted(
+        (v for v in steps.step_t if direction * (v - t) > 0 and direction * (t_out[-1] - v) > 0),
+        key=lambda v: direction * v,
+    )
+    next_forced = 0
     ratio: float | None = None  # the last step's error ratio (None: no step tried yet)
     # the stretches the steps are clipped to end on: every output interval, or with dense output the whole span
     # (a step inside it moves with t[0] when the output times move; the last, clipped to t[-1], with it)
@@ -268,6 +279,7 @@ def integrate(
     targets = list(enumerate(t_out[1:])) if dense is None else [(0, t_out[-1])]
     for k, target in targets:
         end_anchor = last if dense is not None else k + 1
+        base_anchor: int | None = k  # what a step end inside the stretch moves with (None after a step_t point)
         while t != target:
             if stats.num_steps >= steps.max_num_steps:
                 raise SolveError(
@@ -290,36 +302,52 @@ def integrate(
                     t,
                     stats.num_accepted,
                 )
+            h = steps.clamp(h)
             t_next = t + direction * h
-            clipped = direction * (target - t_next) <= 0.01 * h
+            stop = target
+            while next_forced < len(forced) and direction * (forced[next_forced] - t) <= 0:
+                next_forced += 1
+            if next_forced < len(forced) and direction * (forced[next_forced] - target) < 0:
+                stop = forced[next_forced]
+            clipped = direction * (stop - t_next) <= 0.01 * h
             if clipped:
-                t_next = target
+                t_next = stop
+            on_forced = clipped and stop != target
             if tape is not None:
                 tape.try_started(k1 is not None)
-            dts = carriers(anchors[-1], end_anchor if clipped else k)
+            if callbacks is not None:
+                callbacks.step(t, y, t_next - t)
+            next_anchor = (None if on_forced else end_anchor) if clipped else base_anchor
+            dts = carriers(anchors[-1], next_anchor)
             y_next, err, ks, Ys = step(t, t_next, y, k1, keep_stage_states=keep_stages, dts=dts)
             with torch.no_grad():
                 scale = atol + rtol * torch.maximum(y.detach().abs(), y_next.detach().abs())
                 ratio = float(norm(err.detach() / scale))
             h_proposed, h_taken = h, abs(t_next - t)
-            accepted = ratio <= 1.0
+            accepted = ratio <= 1.0 or h_taken <= steps.min_step  # torchdiffeq's min_step: such a step is taken
             if tape is not None:
                 tape.try_ended(accepted, fsal)
-            factor = steps.factor(ratio, prev_ratio, exponent, accepted, after_reject)
+            factor = steps.factor(ratio, prev_ratio, exponent, accepted, after_reject, prev_prev_ratio)
             h = h_taken * factor
             if accepted:
                 if low_precision:
                     _check_progress(y, y_next, ks, t, t_next, stats)
-                accept(t_next, y_next, Ys, ks, end_anchor if clipped else k)
+                if callbacks is not None:
+                    callbacks.accept(t, y, t_next - t)
+                accept(t_next, y_next, Ys, ks, next_anchor)
+                if on_forced:
+                    base_anchor = None
                 if dense is not None:
                     dense.step(t, t_next, y, y_next, ks, dts, stats)
                 t, y = t_next, y_next
                 k1 = ks[-1] if fsal else None
-                prev_ratio = max(ratio, 1e-4)
+                prev_prev_ratio, prev_ratio = prev_ratio, max(ratio, 1e-4)
                 after_reject = False
                 if clipped:  # a step shortened to meet an output time says little of the next
                     h = max(h, min(h_proposed, h_taken * steps.ifactor))
             else:
+                if callbacks is not None:
+                    callbacks.reject(t, y, t_next - t)
                 stats.num_rejected += 1
                 after_reject = True
                 k1 = ks[0]  # same (t, y): the retry reuses its first stage

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -21,11 +22,49 @@ from ._stats import Stats
 from ._step_size import AdaptiveSteps, FixedSteps, Norm
 from ._tableau import ButcherTableau
 
-__all__ = ["ODEProblem", "Rhs"]
+__all__ = ["ODEProblem", "Rhs", "StepCallbacks"]
 
 #: ``rhs(t, y, dt=None)``: ``f`` at a float time (``dt``: a zero-valued tensor that carries the
 #: time's gradient), counting each call.
 Rhs = Callable[..., torch.Tensor]
+
+
+class StepCallbacks:
+    """torchdiffeq's step callbacks of ``func`` (``callback_step``, ``callback_accept_step``,
+    ``callback_reject_step``), called by the forward solve's time loop with ``(t, y, dt)``: ``t``
+    and ``dt`` as float64 0-dim tensors, ``y`` in ``y0``'s structure. The backward passes do not
+    call them (the continuous adjoint's ``_adjoint`` callbacks are not called yet)."""
+
+    NAMES = ("callback_step", "callback_accept_step", "callback_reject_step")
+
+    def __init__(self, func: Any, layout: StateLayout):
+        self.hooks = [getattr(func, name, None) for name in self.NAMES]
+        self.layout = layout
+
+    @classmethod
+    def of(cls, func: Any, layout: StateLayout) -> StepCallbacks | None:
+        if not any(callable(getattr(func, name, None)) for name in cls.NAMES):
+            return None
+        return cls(func, layout)
+
+    def _call(self, which: int, t: float, y: torch.Tensor, h: float) -> None:
+        hook = self.hooks[which]
+        if callable(hook):
+            with torch.no_grad():
+                hook(
+                    torch.tensor(t, dtype=torch.float64),
+                    self.layout.unflatten(y.detach()),
+                    torch.tensor(h, dtype=torch.float64),
+                )
+
+    def step(self, t: float, y: torch.Tensor, h: float) -> None:
+        self._call(0, t, y, h)
+
+    def accept(self, t: float, y: torch.Tensor, h: float) -> None:
+        self._call(1, t, y, h)
+
+    def reject(self, t: float, y: torch.Tensor, h: float) -> None:
+        self._call(2, t, y, h)
 
 
 @dataclass(frozen=True)
@@ -53,6 +92,7 @@ class ODEProblem:
             ``None``).
         compile: take the forward steps with ``torch.compile`` (``symode._compiled``).
         stats: the counts of this solve; the gradient methods add their backward counts.
+        callbacks: ``func``'s step callbacks (torchdiffeq's), called by the forward solve.
         rng_tape: when ``func`` draws random numbers and an exact method evaluates it again
             in its backward pass: the random generators' states of the forward solve, per
             accepted step (``symode._random.RandomTape``), which ``integrate`` records and the
@@ -75,6 +115,7 @@ class ODEProblem:
     compile: bool = False
     stats: Stats = field(default_factory=Stats)
     rng_tape: RandomTape | None = None
+    callbacks: StepCallbacks | None = None
 
     def time(self, t: float) -> torch.Tensor:
         """The time tensor handed to ``func``: 0-dim, of the state's dtype and device."""
@@ -134,6 +175,7 @@ class ODEProblem:
             time_carriers=time_carriers,
             step=step,
             tape=self.rng_tape,
+            callbacks=self.callbacks,
         )
 
     def replay(self, n: int, capture: bool = False) -> StepReplay | None:

@@ -20,6 +20,7 @@ __all__ = [
     "midpoint",
     "heun",
     "heun2",
+    "heun3",
     "ralston",
     "rk4",
     "rk38",
@@ -123,6 +124,15 @@ heun = ButcherTableau(
 )
 
 heun2 = heun
+
+heun3 = ButcherTableau(
+    "heun3",
+    c=_q(0, "1/3", "2/3"),
+    a=((), _q("1/3"), _q(0, "2/3")),
+    b=_q("1/4", 0, "3/4"),
+    order=3,
+    doc="Heun's third-order method (K. Heun, Z. Math. Phys. 45, 1900); torchdiffeq's 'heun3'.",
+)
 
 ralston = ButcherTableau(
     "ralston",
@@ -320,6 +330,7 @@ TABLEAUS: dict[str, ButcherTableau] = {
     "midpoint": midpoint,
     "heun": heun,
     "heun2": heun2,
+    "heun3": heun3,
     "ralston": ralston,
     "rk4": rk4,
     "rk38": rk38,
@@ -332,9 +343,12 @@ TABLEAUS: dict[str, ButcherTableau] = {
 }
 
 
-def get_tableau(method: str | ButcherTableau) -> ButcherTableau:
+def get_tableau(method: str | ButcherTableau | None) -> ButcherTableau:
     """Resolve a ``method=`` argument: a ``ButcherTableau`` is returned unchanged, a string
-    is looked up (case-insensitively) in :data:`TABLEAUS`."""
+    is looked up (case-insensitively) in :data:`TABLEAUS`, ``None`` is ``dopri5`` (as in
+    torchdiffeq)."""
+    if method is None:
+        return dopri5
     if isinstance(method, ButcherTableau):
         return method
     if isinstance(method, str):

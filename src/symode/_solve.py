@@ -27,7 +27,7 @@ import torch
 from ._checks import check_bool
 from ._dense import interpolation_tableau
 from ._dense_solution import DenseSolution
-from ._ivp import ODEProblem
+from ._ivp import ODEProblem, StepCallbacks
 from ._methods import get_tableau
 from ._state import State, StateLayout
 from ._stats import Stats
@@ -140,6 +140,8 @@ def solve(
     rtol = atol = norm = None
     if isinstance(steps, AdaptiveSteps):
         rtol, atol, norm = layout.tolerance(steps.rtol, "rtol"), layout.tolerance(steps.atol, "atol"), layout.norm
+        if steps.norm is not None:
+            norm = _user_norm(steps.norm, layout)
         _check_resolvable(rtol, layout.flat_y0.dtype)
     problem = ODEProblem(
         func=layout.wrap(func),
@@ -156,6 +158,7 @@ def solve(
         buffers=tuple(func.buffers()) if isinstance(func, torch.nn.Module) else (),
         t=ts if ts.requires_grad and ts.is_floating_point() and grad_method.time_gradient else None,
         compile=compile,
+        callbacks=StepCallbacks.of(func, layout),
     )
     if dense:
         ys, trajectory, dense_solution = _dense_solve(problem, grad_method, ts)
@@ -165,6 +168,20 @@ def solve(
     return Solution(
         ts=ts, ys=layout.unflatten(ys, (ys.shape[0],)), stats=problem.stats, grid=grid, dense=dense_solution
     )
+
+
+def _user_norm(norm: Callable[[Any], Any], layout: StateLayout) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The user's error norm on the flat state: it is handed the state in ``y0``'s structure."""
+
+    def flat_norm(x: torch.Tensor) -> torch.Tensor:
+        value = norm(layout.unflatten(x))
+        if not isinstance(value, torch.Tensor):
+            value = torch.as_tensor(value, dtype=torch.float64)
+        if value.numel() != 1:
+            raise ValueError(f"norm must return a scalar, got a tensor of shape {tuple(value.shape)}")
+        return value.reshape(())
+
+    return flat_norm
 
 
 def _dense_solve(problem: ODEProblem, grad_method: GradientMethod, ts: torch.Tensor):

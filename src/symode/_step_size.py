@@ -182,6 +182,8 @@ class RecordedSteps:
 
 # --------------------------------------------------------------------------------------
 _CONTROLLERS = {"pi": (0.3, 0.4), "i": (1.0, 0.0)}  # name -> (icoeff, pcoeff)
+#: the PID controller's default gains (icoeff, pcoeff, dcoeff): Söderlind's H312PID, as in diffrax's docs
+_PID_GAINS = (1.0 / 9.0, 1.0 / 18.0, 1.0 / 18.0)
 
 
 @dataclass(frozen=True)
@@ -204,6 +206,14 @@ class AdaptiveSteps:
     (Hairer, Norsett & Wanner, Solving ODEs I, II.4). More than ``max_num_steps`` attempted
     steps is an error.
 
+    ``min_step``/``max_step`` bound every step (torchdiffeq's options: a step of ``min_step``
+    is taken whatever its error); ``step_t``: times every step must end on (torchdiffeq's
+    ``step_t``; they are not outputs); ``norm``: the error norm, a callable on the state (a
+    tuple state is handed to it as a tuple) returning a scalar, instead of the RMS norm.
+    ``controller="pid"``: the PID controller with gains ``pcoeff``, ``icoeff``, ``dcoeff``
+    (default Söderlind's H312PID, 1/18, 1/9, 1/18; diffrax's and torchode's parametrisation:
+    the factor is ``r_n^(-(i+p+d)/k) r_{n-1}^((p+2d)/k) r_{n-2}^(-d/k)``).
+
     ``interpolate=True`` (the default, as torchdiffeq, scipy, diffrax and torchode do): the
     steps go freely from ``t[0]`` to ``t[-1]`` (the last one clipped to end there) and the
     other output times are interpolated within the steps that hold them, with the method's
@@ -221,14 +231,25 @@ class AdaptiveSteps:
     dfactor: float = 0.2
     max_num_steps: int = DEFAULT_MAX_NUM_STEPS
     interpolate: bool = True
+    min_step: float = 0.0
+    max_step: float = math.inf
+    step_t: tuple[float, ...] = ()
+    pcoeff: float | None = None
+    icoeff: float | None = None
+    dcoeff: float | None = None
+    norm: Callable[[Any], Any] | None = None
 
     def __post_init__(self) -> None:
         check_bool(self.interpolate, "interpolate")
+        if self.norm is not None and not callable(self.norm):
+            raise TypeError(f"norm must be a callable (state -> scalar tensor), got {self.norm!r}")
+        self._check_limits()
+        self._check_gains()
         check_tolerance(self.rtol, "rtol")
         check_tolerance(self.atol, "atol")
         object.__setattr__(self, "first_step", optional_positive_float(self.first_step, "first_step"))
-        if not isinstance(self.controller, str) or self.controller.lower() not in _CONTROLLERS:
-            raise ValueError(f"controller must be one of {sorted(_CONTROLLERS)}, got {self.controller!r}")
+        if not isinstance(self.controller, str) or self.controller.lower() not in (*_CONTROLLERS, "pid"):
+            raise ValueError(f"controller must be one of {sorted((*_CONTROLLERS, 'pid'))}, got {self.controller!r}")
         object.__setattr__(self, "controller", self.controller.lower())
         safety = positive_float(self.safety, "safety")
         if safety > 1:
@@ -244,12 +265,57 @@ class AdaptiveSteps:
         object.__setattr__(self, "ifactor", ifactor)
         object.__setattr__(self, "dfactor", dfactor)
 
-    @property
-    def gains(self) -> tuple[float, float]:
-        return _CONTROLLERS[self.controller]
+    def _check_limits(self) -> None:
+        for name in ("min_step", "max_step"):
+            value = getattr(self, name)
+            if not is_real(value) or not float(value) >= 0.0 or math.isnan(float(value)):
+                raise ValueError(f"{name} must be a non-negative number, got {value!r}")
+            object.__setattr__(self, name, float(value))
+        if self.max_step == 0.0 or self.min_step > self.max_step or math.isinf(self.min_step):
+            raise ValueError(
+                f"need 0 <= min_step <= max_step, max_step > 0 and a finite min_step; got min_step={self.min_step!r}, "
+                f"max_step={self.max_step!r}"
+            )
+        times = self.step_t
+        if isinstance(times, torch.Tensor):
+            times = times.detach().reshape(-1).cpu().double().tolist()
+        try:
+            points = tuple(sorted({float(v) for v in times}))
+        except TypeError:
+            raise TypeError(f"step_t must be a 1-D tensor or sequence of times, got {self.step_t!r}") from None
+        if not all(math.isfinite(v) for v in points):
+            raise ValueError(f"step_t must hold finite times, got {points!r}")
+        object.__setattr__(self, "step_t", points)
 
-    def factor(self, ratio: float, prev_ratio: float, k: int, accepted: bool, after_reject: bool) -> float:
-        """The factor by which to multiply the step just tried."""
+    def _check_gains(self) -> None:
+        given = [g is not None for g in (self.pcoeff, self.icoeff, self.dcoeff)]
+        if any(given) and self.controller.lower() != "pid":
+            raise ValueError(
+                f"pcoeff/icoeff/dcoeff set the gains of controller='pid'; got controller={self.controller!r}"
+            )
+        for name in ("pcoeff", "icoeff", "dcoeff"):
+            value = getattr(self, name)
+            if value is not None and not (is_real(value) and math.isfinite(float(value))):
+                raise ValueError(f"{name} must be a finite number, got {value!r}")
+
+    @property
+    def gains(self) -> tuple[float, float, float]:
+        """``(icoeff, pcoeff, dcoeff)`` of the controller."""
+        if self.controller == "pid":
+            i, p, d = _PID_GAINS
+            return (
+                i if self.icoeff is None else float(self.icoeff),
+                p if self.pcoeff is None else float(self.pcoeff),
+                d if self.dcoeff is None else float(self.dcoeff),
+            )
+        return (*_CONTROLLERS[self.controller], 0.0)
+
+    def factor(
+        self, ratio: float, prev_ratio: float, k: int, accepted: bool, after_reject: bool, prev_prev_ratio: float = 1.0
+    ) -> float:
+        """The factor by which to multiply the step just tried: ``safety * r_n^(-b1/k) *
+        r_{n-1}^(-b2/k) * r_{n-2}^(-b3/k)`` with ``b1 = i + p + d``, ``b2 = -(p + 2 d)``, ``b3 = d``
+        (the error ratios of the last three accepted steps)."""
         if not math.isfinite(ratio):
             return self.dfactor
         if not accepted:
@@ -257,10 +323,16 @@ class AdaptiveSteps:
         if ratio == 0.0:
             f = self.ifactor
         else:
-            icoeff, pcoeff = self.gains
-            f = self.safety * ratio ** (-(icoeff + pcoeff) / k) * prev_ratio ** (pcoeff / k)
+            icoeff, pcoeff, dcoeff = self.gains
+            f = self.safety * ratio ** (-(icoeff + pcoeff + dcoeff) / k) * prev_ratio ** ((pcoeff + 2 * dcoeff) / k)
+            if dcoeff:
+                f *= prev_prev_ratio ** (-dcoeff / k)
         f = min(self.ifactor, max(self.dfactor, f))
         return min(f, 1.0) if after_reject else f
+
+    def clamp(self, h: float) -> float:
+        """``h`` within ``[min_step, max_step]``."""
+        return min(self.max_step, max(self.min_step, h))
 
 
 def check_tolerance(value: Any, name: str) -> None:
