@@ -188,3 +188,47 @@ def test_options_under_every_exact_method(options):
     for gradient in EXACT:
         for g, r in zip(grads(gradient), reference):
             assert ((g - r).norm() / r.norm()).item() < 1e-12, (gradient, options)
+
+
+@pytest.mark.parametrize("interp", ["linear", "cubic"])
+def test_fixed_grid_interpolation_matches_torchdiffeq(interp):
+    """torchdiffeq's fixed grids ignore the output times and interpolate them (interp); so does
+    symode with interp given, to round-off (its rk4 is symode's rk38)."""
+    torchdiffeq = pytest.importorskip("torchdiffeq")
+    t = torch.tensor([0.0, 0.15, 0.4, 1.0, 2.0], dtype=F64)
+    for ours_name, theirs_name in (("rk38", "rk4"), ("euler", "euler"), ("midpoint", "midpoint"), ("heun3", "heun3")):
+        ours = symode.odeint(_swirl, Y0, t, method=ours_name, options={"step_size": 0.1, "interp": interp})
+        theirs = torchdiffeq.odeint(_swirl, Y0, t, method=theirs_name, options={"step_size": 0.1, "interp": interp})
+        torch.testing.assert_close(ours, theirs, rtol=1e-14, atol=1e-14)
+
+    def grid(func, y0, t):
+        return torch.linspace(float(t[0]), float(t[-1]), 7, dtype=F64)
+
+    ours = symode.odeint(_swirl, Y0, t, method="rk38", options={"grid_constructor": grid, "interp": interp})
+    theirs = torchdiffeq.odeint(_swirl, Y0, t, method="rk4", options={"grid_constructor": grid, "interp": interp})
+    torch.testing.assert_close(ours, theirs, rtol=1e-14, atol=1e-14)
+    # without interp, the constructed grid gets the output times added (symode's fixed steps)
+    sol_grid = symode.solve(_swirl, Y0, t, method="rk38", steps=symode.FixedSteps(grid=grid(None, None, t))).grid
+    assert all(v in sol_grid.tolist() for v in t.tolist())
+    with pytest.raises(ValueError, match="interp must be"):
+        symode.FixedSteps(step_size=0.1, interp="quadratic")
+    with pytest.raises(ValueError, match="exclude each other"):
+        symode.odeint(_swirl, Y0, t, method="rk4", options={"grid_constructor": grid, "step_size": 0.1})
+
+
+@pytest.mark.parametrize("interp", ["linear", "cubic"])
+def test_fixed_grid_interpolation_under_every_exact_method(interp):
+    func = Field(dim=2, hidden=6, seed=1)
+    y0 = torch.tensor([[0.3, -0.2]], dtype=F64)
+    t = torch.tensor([0.0, 0.15, 0.4, 1.0, 1.77, 2.0], dtype=F64)
+
+    def grads(gradient):
+        y0_ = y0.clone().requires_grad_(True)
+        t_ = t.clone().requires_grad_(True)
+        ys = symode.odeint(func, y0_, t_, method="rk4", options={"step_size": 0.3, "interp": interp}, gradient=gradient)
+        return torch.autograd.grad((ys**2).sum(), (y0_, t_, *func.parameters()))
+
+    reference = grads("backprop")
+    for gradient in EXACT:
+        for g, r in zip(grads(gradient), reference):
+            assert ((g - r).norm() / r.norm()).item() < 1e-12, gradient

@@ -42,7 +42,7 @@ __all__ = [
 Method = str | ButcherTableau | None
 Params = Sequence[torch.Tensor] | None
 
-_FIXED_OPTIONS = ("step_size", "grid")
+_FIXED_OPTIONS = ("step_size", "grid", "interp", "grid_constructor")
 _ADAPTIVE_OPTIONS = (
     "first_step",
     "controller",
@@ -62,7 +62,13 @@ _BOTH_OPTIONS = ("max_num_steps",)  # the limit on the steps of a solve, fixed o
 
 
 def make_steps(
-    method: Method | None, rtol: Tolerance, atol: Tolerance, options: Mapping[str, Any] | None, t: Any = None
+    method: Method | None,
+    rtol: Tolerance,
+    atol: Tolerance,
+    options: Mapping[str, Any] | None,
+    t: Any = None,
+    func: Any = None,
+    y0: Any = None,
 ) -> FixedSteps | AdaptiveSteps:
     """The step-size rule for ``method`` from torchdiffeq-style ``rtol``, ``atol``, ``options``.
 
@@ -96,6 +102,15 @@ def make_steps(
                 f"option(s) {mixed} apply to adaptive steps, but {sorted(fixed)} asks for fixed steps; "
                 f"give one or the other"
             )
+        constructor = fixed.pop("grid_constructor", None)
+        if constructor is not None:
+            if "step_size" in fixed or "grid" in fixed:
+                raise ValueError("options 'grid_constructor' and 'step_size'/'grid' exclude each other; give one")
+            if not callable(constructor) or func is None or t is None:
+                raise ValueError("option 'grid_constructor' must be a callable grid_constructor(func, y0, t) -> grid")
+            fixed["grid"] = constructor(func, y0, torch.as_tensor(t))
+        if "step_size" not in fixed and "grid" not in fixed and t is not None:  # interp alone: the output grid
+            fixed["grid"] = torch.as_tensor(t).detach().reshape(-1)
         return FixedSteps(**fixed, **{k: options[k] for k in _BOTH_OPTIONS if k in options})
     if not tableau.adaptive and t is not None and not any(k in options for k in _ADAPTIVE_OPTIONS):
         both = {k: options[k] for k in _BOTH_OPTIONS if k in options}
@@ -128,7 +143,7 @@ def odeint(
     :func:`symode.solve` for the arguments (``compile`` included) and the dtype policy, and
     :func:`symode.make_steps` for the options.
     """
-    steps = make_steps(method, rtol, atol, options, t)
+    steps = make_steps(method, rtol, atol, options, t, func, y0)
     return solve(
         func,
         y0,

@@ -35,7 +35,14 @@ import torch
 from ._runge_kutta import combine
 from ._tableau import ButcherTableau, Terms, _relative_to_largest
 
-__all__ = ["interpolation_tableau", "interpolation_stages", "dense_terms", "interpolate", "hermite_rows"]
+__all__ = [
+    "interpolation_tableau",
+    "fixed_grid_tableau",
+    "interpolation_stages",
+    "dense_terms",
+    "interpolate",
+    "hermite_rows",
+]
 
 
 def hermite_rows(tableau: ButcherTableau) -> tuple[tuple[float, ...], ...]:
@@ -75,6 +82,21 @@ def interpolation_tableau(tableau: ButcherTableau) -> ButcherTableau:
     a = tuple(row[:i] for i, row in enumerate(tableau.a)) + (tableau.b,)  # ragged rows
     extended = _with(tableau, (*tableau.c, 1.0), a, (*tableau.b, 0.0), b_err, None)
     return _with(extended, extended.c, extended.a, extended.b, b_err, rows or hermite_rows(extended))
+
+
+@functools.cache
+def fixed_grid_tableau(tableau: ButcherTableau, interp: str) -> ButcherTableau:
+    """``tableau`` with torchdiffeq's fixed-grid interpolant: ``"linear"`` between the step's
+    ends (``b_i(theta) = theta b_i``) or ``"cubic"`` (the Hermite interpolant, with
+    ``f(t_{n+1}, y_{n+1})`` appended as an FSAL stage where the method is not FSAL)."""
+    if interp == "linear":
+        return _with(tableau, tableau.c, tableau.a, tableau.b, tableau.b_err, tuple((bi,) for bi in tableau.b))
+    if tableau.fsal:
+        return _with(tableau, tableau.c, tableau.a, tableau.b, tableau.b_err, hermite_rows(tableau))
+    b_err = None if tableau.b_err is None else (*tableau.b_err, 0.0)
+    a = tuple(row[:i] for i, row in enumerate(tableau.a)) + (tableau.b,)
+    extended = _with(tableau, (*tableau.c, 1.0), a, (*tableau.b, 0.0), b_err, None)
+    return _with(extended, extended.c, extended.a, extended.b, b_err, hermite_rows(extended))
 
 
 def _with(tableau: ButcherTableau, c, a, b, b_err, b_dense) -> ButcherTableau:

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from ._checks import check_bool
-from ._dense import interpolation_tableau
+from ._dense import fixed_grid_tableau, interpolation_tableau
 from ._dense_solution import DenseSolution
 from ._ivp import ODEProblem, StepCallbacks
 from ._methods import get_tableau
@@ -128,7 +128,9 @@ def solve(
         tableau.check_adaptive()
         if steps.interpolate:
             tableau = interpolation_tableau(tableau)
-    if dense:
+    elif steps.interp is not None:  # FixedSteps interpolating its output times (torchdiffeq's interp)
+        tableau = fixed_grid_tableau(tableau, steps.interp)
+    if dense and tableau.b_dense is None:
         tableau = interpolation_tableau(tableau)
     params, explicit = _parameters(func, adjoint_params)
     if ts.requires_grad and not grad_method.time_gradient:

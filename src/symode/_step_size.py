@@ -76,19 +76,32 @@ class FixedSteps:
     start at ``t[0]`` and end at ``t[-1]``. ``grid`` may be given as a 1-D tensor or any
     sequence of times; it is stored as a tuple of floats. More than ``max_num_steps`` steps
     is an error, raised before any step is taken (or any list of times built).
+
+    ``interp="linear"`` or ``"cubic"`` (torchdiffeq's fixed-grid behaviour): the steps ignore
+    the output times (with ``step_size``: one grid of steps of ``h`` from ``t[0]``, the last
+    shortened to end on ``t[-1]``; with ``grid``: the grid itself) and each output time is
+    interpolated within the step that holds it, linearly between the step's ends or with the
+    cubic Hermite interpolant through them and their derivatives.
     """
 
     step_size: float | None = None
     grid: tuple[float, ...] | None = None
     max_num_steps: int = DEFAULT_MAX_NUM_STEPS
+    interp: str | None = None
 
     def __init__(
         self,
         step_size: float | None = None,
         grid: Sequence[float] | torch.Tensor | None = None,
         max_num_steps: int = DEFAULT_MAX_NUM_STEPS,
+        interp: str | None = None,
     ) -> None:
         object.__setattr__(self, "max_num_steps", positive_int(max_num_steps, "max_num_steps"))
+        if interp is not None and interp not in ("linear", "cubic"):
+            raise ValueError(
+                f"interp must be 'linear' or 'cubic' (or None: every output time ends a step), got {interp!r}"
+            )
+        object.__setattr__(self, "interp", interp)
         if (step_size is None) == (grid is None):
             raise ValueError(
                 "fixed steps need exactly one of step_size (e.g. options={'step_size': 0.01}) "
@@ -117,10 +130,19 @@ class FixedSteps:
             object.__setattr__(self, "step_size", None)
             object.__setattr__(self, "grid", points)
 
+    @property
+    def interpolate(self) -> bool:
+        """Whether output times are interpolated (``interp``) rather than step ends."""
+        return self.interp is not None
+
     def plan(self, t_out: Sequence[float]) -> StepPlan:
         """The step endpoints (``t_out[0]`` first), the grid index of each output time and,
         per endpoint, the index of the output time it moves with (``None``: a fixed point
-        of a user grid). With ``step_size`` a point ``t_k + i h`` moves with ``t_k``."""
+        of a user grid). With ``step_size`` a point ``t_k + i h`` moves with ``t_k``. With
+        ``interp``: the steps ignore the output times; the index of an output is that of the
+        end of the step that holds it; the interior points are fixed."""
+        if self.interp is not None and len(t_out) > 1:
+            return self._interp_plan(t_out)
         if self.step_size is not None:
             h = self.step_size
             counts = [max(1, math.ceil(abs(b - a) / h - 1e-9)) for a, b in zip(t_out, t_out[1:])]
@@ -153,6 +175,25 @@ class FixedSteps:
         index = {p: i for i, p in enumerate(points)}
         outputs = {t: k for k, t in enumerate(t_out)}
         return points, [index[t] for t in t_out], [outputs.get(p) for p in points]
+
+    def _interp_plan(self, t_out: Sequence[float]) -> StepPlan:
+        t0, t1 = t_out[0], t_out[-1]
+        sign = 1.0 if t1 > t0 else -1.0
+        if self.step_size is not None:
+            n = max(1, math.ceil(abs(t1 - t0) / self.step_size - 1e-9))
+            self._check_count(n, t_out, f"step_size={self.step_size!r}")
+            points = [t0 + sign * i * self.step_size for i in range(n)] + [t1]
+        else:
+            assert self.grid is not None
+            points = list(self.grid)
+            self._check_count(len(points) - 1, t_out, "grid")
+            if points[0] != t0 or points[-1] != t1:
+                raise ValueError(
+                    f"grid must start at t[0] = {t0!r} and end at t[-1] = {t1!r}; got {points[0]!r} .. {points[-1]!r}"
+                )
+        idx = [0] + [next(i for i, p in enumerate(points) if i > 0 and sign * (p - t) >= 0) for t in t_out[1:]]
+        anchors: list[int | None] = [0] + [None] * (len(points) - 2) + [len(t_out) - 1]
+        return points, idx, anchors
 
     def _check_count(self, num_steps: int, t_out: Sequence[float], what: str) -> None:
         if num_steps > self.max_num_steps:
