@@ -21,7 +21,8 @@ import pytest
 import torch
 
 from symode import AdaptiveSteps
-from symode._step_size import initial_step, rms_norm
+from symode._initial_step import initial_step
+from symode._step_size import rms_norm
 
 F64 = torch.float64
 

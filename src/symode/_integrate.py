@@ -19,10 +19,11 @@ from typing import Any
 import torch
 
 from ._dense import interpolate, interpolation_stages
+from ._initial_step import initial_step
 from ._random import RandomTape
 from ._runge_kutta import rk_step
 from ._stats import SolveError, Stats
-from ._step_size import AdaptiveSteps, FixedSteps, Norm, RecordedSteps, initial_step
+from ._step_size import AdaptiveSteps, FixedSteps, Norm, RecordedSteps
 from ._tableau import ButcherTableau
 
 __all__ = ["Trajectory", "integrate"]
