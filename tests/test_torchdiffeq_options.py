@@ -232,3 +232,75 @@ def test_fixed_grid_interpolation_under_every_exact_method(interp):
     for gradient in EXACT:
         for g, r in zip(grads(gradient), reference):
             assert ((g - r).norm() / r.norm()).item() < 1e-12, gradient
+
+
+class Piecewise(torch.nn.Module):
+    """dy/dt = a (1 + b y) before t = 1 and -2 a (1 + b y) after it: a jump of f in time."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = torch.nn.Parameter(torch.tensor(1.0, dtype=F64))
+        self.b = torch.nn.Parameter(torch.tensor(0.1, dtype=F64))
+
+    def forward(self, t, y):
+        return torch.where(t < 1.0, self.a, -2 * self.a) * (1 + self.b * y)
+
+
+def _piecewise_exact(t):
+    y1 = 10 * (math.exp(0.1) - 1)
+    return 10 * (math.exp(0.1 * t) - 1) if t <= 1 else (y1 + 10) * math.exp(-0.2 * (t - 1)) - 10
+
+
+def test_jump_t_and_perturb_against_the_closed_form_and_torchdiffeq():
+    torchdiffeq = pytest.importorskip("torchdiffeq")
+    func = Piecewise()
+    y0 = torch.tensor([0.0], dtype=F64)
+    t = torch.tensor([0.0, 0.5, 1.5, 2.0], dtype=F64)
+    exact = torch.tensor([[_piecewise_exact(float(s))] for s in t], dtype=F64)
+    with torch.no_grad():
+        plain = symode.odeint(func, y0, t, rtol=1e-8, atol=1e-10)
+        jumped = symode.odeint(func, y0, t, rtol=1e-8, atol=1e-10, options={"jump_t": [1.0]})
+        theirs = torchdiffeq.odeint(func, y0, t, rtol=1e-8, atol=1e-10, options={"jump_t": torch.tensor([1.0])})
+    assert (jumped - exact).abs().max() < 1e-9 < (plain - exact).abs().max()
+    torch.testing.assert_close(jumped, theirs, rtol=0, atol=1e-8)
+    # fixed steps with 1.0 a grid point: perturb evaluates f on each step's own side, as torchdiffeq does
+    grid = torch.linspace(0, 2, 21, dtype=F64)
+    with torch.no_grad():
+        perturbed = symode.odeint(func, y0, t, method="rk38", options={"grid": grid, "perturb": True})
+        unperturbed = symode.odeint(func, y0, t, method="rk38", options={"grid": grid})
+        theirs = torchdiffeq.odeint(
+            func, y0, t, method="rk4", options={"grid_constructor": lambda f, y, s: grid, "perturb": True}
+        )
+    torch.testing.assert_close(perturbed, theirs, rtol=1e-14, atol=1e-14)
+    assert (perturbed - exact).abs().max() < 1e-6 < (unperturbed - exact).abs().max()
+    with pytest.raises(ValueError, match="perturb"):
+        symode.odeint(func, y0, t, options={"perturb": True})
+    with pytest.raises(ValueError, match="must not share"):
+        symode.AdaptiveSteps(step_t=[1.0], jump_t=[1.0])
+
+
+@pytest.mark.parametrize(
+    "method, options",
+    [
+        ("dopri5", {"jump_t": [1.0]}),
+        ("tsit5", {"jump_t": [1.0], "interpolate": False}),
+        ("rk4", {"grid": [0.0, 1.0, 1.3, 2.0], "perturb": True}),
+    ],
+    ids=["jump_t", "jump_t_clipped", "perturb"],
+)
+def test_jumps_under_every_exact_method(method, options):
+    """Every exact method evaluates f on the same side of the jump as the forward solve did."""
+    func = Piecewise()
+    y0 = torch.tensor([0.3], dtype=F64)
+    t = torch.tensor([0.0, 0.5, 1.5, 2.0], dtype=F64)
+
+    def grads(gradient):
+        y0_ = y0.clone().requires_grad_(True)
+        t_ = t.clone().requires_grad_(True)
+        ys = symode.odeint(func, y0_, t_, method=method, rtol=1e-7, atol=1e-9, options=options, gradient=gradient)
+        return torch.autograd.grad((ys**2).sum(), (y0_, t_, *func.parameters()))
+
+    reference = grads("backprop")
+    for gradient in EXACT:
+        for g, r in zip(grads(gradient), reference):
+            assert ((g - r).norm() / r.norm()).item() < 1e-12, gradient

@@ -13,7 +13,15 @@ from typing import Any
 
 import torch
 
-__all__ = ["is_real", "check_bool", "positive_float", "optional_positive_float", "positive_int", "non_negative_int"]
+__all__ = [
+    "is_real",
+    "check_bool",
+    "positive_float",
+    "optional_positive_float",
+    "positive_int",
+    "non_negative_int",
+    "check_tolerance",
+]
 
 
 def is_real(x: Any) -> bool:
@@ -60,3 +68,22 @@ def positive_int(value: Any, name: str) -> int:
 def non_negative_int(value: Any, name: str) -> int:
     """``value`` as an int >= 0 (the rules of :func:`positive_int`)."""
     return _integer(value, name, "a non-negative int", 0)
+
+
+def check_tolerance(value: Any, name: str) -> None:
+    """Raise unless ``value`` is a valid tolerance: positive and finite numbers or tensors (a
+    tuple of them for tuple states)."""
+    parts = value if isinstance(value, (tuple, list)) else (value,)
+    if len(parts) == 0:
+        raise ValueError(f"{name} must not be empty")
+    for part in parts:
+        if isinstance(part, torch.Tensor):
+            if not (part.is_floating_point() or part.dtype in (torch.int32, torch.int64)):
+                raise TypeError(f"{name} tensor must be real, got dtype {part.dtype}")
+            if part.numel() == 0 or not bool(torch.all(part > 0)) or not bool(torch.all(torch.isfinite(part))):
+                raise ValueError(f"{name} must be positive and finite everywhere, got {part!r}")
+        elif is_real(part):
+            if not (float(part) > 0 and math.isfinite(float(part))):
+                raise ValueError(f"{name} must be positive and finite, got {part!r}; e.g. {name}=1e-6")
+        else:
+            raise TypeError(f"{name} must be a positive number or tensor, got {part!r}")

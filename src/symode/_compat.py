@@ -42,7 +42,7 @@ __all__ = [
 Method = str | ButcherTableau | None
 Params = Sequence[torch.Tensor] | None
 
-_FIXED_OPTIONS = ("step_size", "grid", "interp", "grid_constructor")
+_FIXED_OPTIONS = ("step_size", "grid", "interp", "grid_constructor", "perturb")
 _ADAPTIVE_OPTIONS = (
     "first_step",
     "controller",
@@ -53,6 +53,7 @@ _ADAPTIVE_OPTIONS = (
     "min_step",
     "max_step",
     "step_t",
+    "jump_t",
     "norm",
     "pcoeff",
     "icoeff",
@@ -78,9 +79,11 @@ def make_steps(
     included, then takes fixed steps — and, for adaptive steps, ``first_step``,
     ``controller`` (``"i"`` or ``"pi"``), ``safety``, ``ifactor`` and ``dfactor`` (see
     :class:`symode.AdaptiveSteps`), ``min_step``, ``max_step``, ``step_t`` (times every step
-    must end on), ``norm`` (a callable on the state, as torchdiffeq's; a tuple state is handed
-    to it as a tuple), ``interpolate``, and ``controller="pid"`` with ``pcoeff``, ``icoeff``,
-    ``dcoeff``; ``max_num_steps`` (default 100000) limits either kind. An unknown key, or keys
+    must end on), ``jump_t`` (discontinuities of ``f`` in time), ``norm`` (a callable on the
+    state, as torchdiffeq's; a tuple state is handed to it as a tuple), ``interpolate``, and
+    ``controller="pid"`` with ``pcoeff``, ``icoeff``, ``dcoeff``; for fixed steps also
+    ``interp``, ``grid_constructor`` and ``perturb`` (see :class:`symode.FixedSteps`);
+    ``max_num_steps`` (default 100000) limits either kind. An unknown key, or keys
     of both kinds, raise ``ValueError``. A fixed-step method without a step size steps from
     one output time to the next (the output times ``t`` are its grid), as in torchdiffeq.
     """
@@ -94,7 +97,14 @@ def make_steps(
             f"steps, {list(_ADAPTIVE_OPTIONS)} for adaptive steps and {list(_BOTH_OPTIONS)} for both"
         )
     tableau = get_tableau(method)
-    fixed = {k: options[k] for k in _FIXED_OPTIONS if options.get(k) is not None}
+    fixed = {k: options[k] for k in _FIXED_OPTIONS if options.get(k) is not None and k != "perturb"}
+    if "perturb" in options and (fixed or not tableau.adaptive):
+        fixed["perturb"] = options["perturb"]
+    elif options.get("perturb"):
+        raise ValueError(
+            "option 'perturb' applies to fixed steps (give 'step_size' or 'grid'); with adaptive steps, name the "
+            "discontinuities of func in time with options={'jump_t': times}"
+        )
     if fixed:
         mixed = sorted(k for k in _ADAPTIVE_OPTIONS if k in options)
         if mixed:
@@ -114,12 +124,14 @@ def make_steps(
         return FixedSteps(**fixed, **{k: options[k] for k in _BOTH_OPTIONS if k in options})
     if not tableau.adaptive and t is not None and not any(k in options for k in _ADAPTIVE_OPTIONS):
         both = {k: options[k] for k in _BOTH_OPTIONS if k in options}
+        if "perturb" in options:
+            both["perturb"] = options["perturb"]
         times = torch.as_tensor(t).detach().reshape(-1)
         if times.numel() < 2:  # a single output time: no step
             return FixedSteps(step_size=1.0, **both)
         return FixedSteps(grid=times, **both)
     tableau.check_adaptive()
-    return AdaptiveSteps(rtol=rtol, atol=atol, **options)
+    return AdaptiveSteps(rtol=rtol, atol=atol, **{k: v for k, v in options.items() if k != "perturb"})
 
 
 def odeint(

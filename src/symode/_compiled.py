@@ -94,10 +94,19 @@ class CompiledStep:
         keep_stage_states: bool = False,
         dts: Any = None,
         stages: Any = None,
+        nudge: Any = None,
     ) -> Any:
-        if keep_stage_states or dts is not None or stages is not None:
+        if keep_stage_states or dts is not None or stages is not None or nudge is not None:
             return self.eager(
-                t, t_next, y, k1, with_error=with_error, keep_stage_states=keep_stage_states, dts=dts, stages=stages
+                t,
+                t_next,
+                y,
+                k1,
+                with_error=with_error,
+                keep_stage_states=keep_stage_states,
+                dts=dts,
+                stages=stages,
+                nudge=nudge,
             )
         tableau = self.tableau
         h = t_next - t

@@ -44,6 +44,8 @@ class Trajectory:
             no output was interpolated).
         derivatives: with ``keep_derivatives=True``, ``derivatives[n][i]`` is ``k_i`` of step
             ``n`` for the stages the continuous extension uses (``None`` for the others).
+        nudges: per step, whether its start/end stages were evaluated just inside it (beside a
+            ``jump_t`` discontinuity, or every step with ``perturb``); ``None``: no step was.
         ys: the state at every grid point (``keep_states=True``), else ``None``.
         stats: the counts of the solve.
         stages: with ``keep_stages=True``, ``stages[n][i]`` is the state of stage ``i`` of
@@ -63,6 +65,14 @@ class Trajectory:
     anchors: list[int | None] = field(default_factory=list)
     out_theta: list[float | None] = field(default_factory=list)
     derivatives: list[list[torch.Tensor | None]] | None = None
+    nudges: list[tuple[bool, bool]] | None = None
+
+    def nudge(self, n: int) -> tuple[bool, bool] | None:
+        """Whether step ``n`` evaluated its start/end stages just inside it (``jump_t``,
+        ``perturb``); ``None``: neither (``symode._runge_kutta.stage_time``)."""
+        if self.nudges is None or self.nudges[n] == (False, False):
+            return None
+        return self.nudges[n]
 
 
 class _DenseOutput:
@@ -194,8 +204,14 @@ def integrate(
             return None
         return (carrier_zero if a is None else time_carriers[a], carrier_zero if b is None else time_carriers[b])
 
-    def accept(t_next: float, y_next: torch.Tensor, Ys, ks, anchor: int | None) -> None:
+    def accept(t_next: float, y_next: torch.Tensor, Ys, ks, anchor: int | None, nudge=None) -> None:
         stats.num_accepted += 1
+        if nudge is not None:
+            if traj.nudges is None:
+                traj.nudges = [(False, False)] * (len(grid) - 1)
+            traj.nudges.append(nudge)
+        elif traj.nudges is not None:
+            traj.nudges.append((False, False))
         if derivatives is not None:
             derivatives.append([ks[i] if i in interpolated else None for i in range(len(ks))])
         grid.append(t_next)
@@ -208,13 +224,22 @@ def integrate(
     if isinstance(steps, (FixedSteps, RecordedSteps)):
         points, idx, point_anchors = steps.plan(t_out)
         holds = set(idx) if dense is not None else set()  # the ends of the steps that hold an output
+        perturb = isinstance(steps, FixedSteps) and steps.perturb
+        recorded_nudges = steps.nudges if isinstance(steps, RecordedSteps) else None
         k1 = f0
         for n, t_next in enumerate(points[1:]):
+            nudge = (True, True) if perturb else None if recorded_nudges is None else recorded_nudges[n]
+            if nudge is not None and nudge[0]:
+                k1 = None  # f just after the start: evaluated, not reused
             y_prev = y
             if tape is not None:
                 tape.try_started(k1 is not None)
             dts = carriers(point_anchors[n], point_anchors[n + 1])
-            extra = {"stages": interpolation_stages(tableau)} if n + 1 in holds or keep_derivatives else {}
+            extra: dict[str, Any] = {}
+            if n + 1 in holds or keep_derivatives:
+                extra["stages"] = interpolation_stages(tableau)
+            if nudge is not None and nudge != (False, False):
+                extra["nudge"] = nudge
             if callbacks is not None:
                 callbacks.step(t, y, t_next - t)
             y, _, ks, Ys = step(t, t_next, y, k1, with_error=False, keep_stage_states=keep_stages, dts=dts, **extra)
@@ -223,7 +248,7 @@ def integrate(
             if tape is not None:
                 tape.try_ended(True, fsal)
             k1 = ks[-1] if fsal else None
-            accept(t_next, y, Ys, ks, point_anchors[n + 1])
+            accept(t_next, y, Ys, ks, point_anchors[n + 1], nudge)
             if dense is not None:
                 dense.step(t, t_next, y_prev, y, ks, dts, stats)
             elif len(grid) - 1 == idx[len(outputs)]:
@@ -268,11 +293,13 @@ def integrate(
     prev_ratio = prev_prev_ratio = 1.0
     after_reject = False
     # steps forced to end on these times (options["step_t"]), inside the span, in the direction of the solve
+    jumps = set(steps.jump_t)
     forced = sorted(
-        (v for v in steps.step_t if direction * (v - t) > 0 and direction * (t_out[-1] - v) > 0),
+        (v for v in (*steps.step_t, *steps.jump_t) if direction * (v - t) > 0 and direction * (t_out[-1] - v) > 0),
         key=lambda v: direction * v,
     )
     next_forced = 0
+    after_jump = False  # the step starts on a jump_t discontinuity
     ratio: float | None = None  # the last step's error ratio (None: no step tried yet)
     # the stretches the steps are clipped to end on: every output interval, or with dense output the whole span
     # (a step inside it moves with t[0] when the output times move; the last, clipped to t[-1], with it)
@@ -314,13 +341,16 @@ def integrate(
             if clipped:
                 t_next = stop
             on_forced = clipped and stop != target
+            on_jump = on_forced and stop in jumps
+            nudge = (after_jump, on_jump) if (after_jump or on_jump) else None
             if tape is not None:
                 tape.try_started(k1 is not None)
             if callbacks is not None:
                 callbacks.step(t, y, t_next - t)
             next_anchor = (None if on_forced else end_anchor) if clipped else base_anchor
             dts = carriers(anchors[-1], next_anchor)
-            y_next, err, ks, Ys = step(t, t_next, y, k1, keep_stage_states=keep_stages, dts=dts)
+            nudged = {} if nudge is None else {"nudge": nudge}
+            y_next, err, ks, Ys = step(t, t_next, y, k1, keep_stage_states=keep_stages, dts=dts, **nudged)
             with torch.no_grad():
                 scale = atol + rtol * torch.maximum(y.detach().abs(), y_next.detach().abs())
                 ratio = float(norm(err.detach() / scale))
@@ -335,13 +365,14 @@ def integrate(
                     _check_progress(y, y_next, ks, t, t_next, stats)
                 if callbacks is not None:
                     callbacks.accept(t, y, t_next - t)
-                accept(t_next, y_next, Ys, ks, next_anchor)
+                accept(t_next, y_next, Ys, ks, next_anchor, nudge)
                 if on_forced:
                     base_anchor = None
                 if dense is not None:
                     dense.step(t, t_next, y, y_next, ks, dts, stats)
                 t, y = t_next, y_next
-                k1 = ks[-1] if fsal else None
+                k1 = ks[-1] if fsal and not on_jump else None  # after a jump, f is evaluated on its far side
+                after_jump = on_jump
                 prev_prev_ratio, prev_ratio = prev_ratio, max(ratio, 1e-4)
                 after_reject = False
                 if clipped:  # a step shortened to meet an output time says little of the next

@@ -9,6 +9,7 @@ or input checks.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +18,7 @@ import torch
 
 from ._integrate import Trajectory, integrate
 from ._random import RandomTape, StepReplay
+from ._runge_kutta import Nudged
 from ._state import StateLayout
 from ._stats import Stats
 from ._step_size import AdaptiveSteps, FixedSteps, Norm
@@ -118,8 +120,12 @@ class ODEProblem:
     callbacks: StepCallbacks | None = None
 
     def time(self, t: float) -> torch.Tensor:
-        """The time tensor handed to ``func``: 0-dim, of the state's dtype and device."""
-        return torch.scalar_tensor(t, dtype=self.y0.dtype, device=self.y0.device)
+        """The time tensor handed to ``func``: 0-dim, of the state's dtype and device (a
+        ``Nudged`` time: the next one representable in that dtype, towards its side)."""
+        value = torch.scalar_tensor(t, dtype=self.y0.dtype, device=self.y0.device)
+        if isinstance(t, Nudged):
+            value = torch.nextafter(value, torch.full_like(value, t.toward * math.inf))
+        return value
 
     def rhs(self, counter: str = "nfe_forward") -> Rhs:
         """``rhs(t_float, y, dt=None)``, counting each call in ``stats.<counter>``; ``dt``

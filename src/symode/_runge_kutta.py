@@ -25,26 +25,57 @@ from ._tableau import ButcherTableau, WeightedSum
 
 Rhs = Callable[..., torch.Tensor]
 
-__all__ = ["stage_time", "combine", "stage_state", "rk_step"]
+__all__ = ["stage_time", "combine", "stage_state", "rk_step", "Nudged"]
 
 
-@overload
-def stage_time(tableau: ButcherTableau, i: int, t: float, t_next: float, h: float) -> float: ...
+class Nudged(float):
+    """A stage time just beside a discontinuity of ``f`` in time (torchdiffeq's ``jump_t`` and
+    ``perturb``): ``f`` is handed the next representable time towards ``toward`` (+1.0 or -1.0),
+    in the dtype it receives times in, so that it sees the side the step lies on."""
+
+    toward: float
+
+    def __new__(cls, value: float, toward: float) -> Nudged:
+        out = super().__new__(cls, value)
+        out.toward = toward
+        return out
+
+
 @overload
 def stage_time(
-    tableau: ButcherTableau, i: int, t: float, t_next: float, h: float | torch.Tensor
+    tableau: ButcherTableau, i: int, t: float, t_next: float, h: float, nudge: tuple[bool, bool] | None = None
+) -> float: ...
+@overload
+def stage_time(
+    tableau: ButcherTableau,
+    i: int,
+    t: float,
+    t_next: float,
+    h: float | torch.Tensor,
+    nudge: tuple[bool, bool] | None = None,
 ) -> float | torch.Tensor: ...
 def stage_time(
-    tableau: ButcherTableau, i: int, t: float, t_next: float, h: float | torch.Tensor
+    tableau: ButcherTableau,
+    i: int,
+    t: float,
+    t_next: float,
+    h: float | torch.Tensor,
+    nudge: tuple[bool, bool] | None = None,
 ) -> float | torch.Tensor:
     """The time of stage ``i`` of the step ``t -> t_next = t + h``.
 
     A stage with ``c_i == 1`` is evaluated at ``t_next`` itself (not ``t + h``, which can
     differ from it by rounding), so an FSAL stage is exactly the next step's first stage.
+    ``nudge = (start, end)``: the stages at ``t`` (``c_i == 0``) / at ``t_next`` (``c_i == 1``)
+    are evaluated just inside the step (:class:`Nudged`), beside a discontinuity there.
     """
     ci = tableau.c[i]
     if ci == 1.0:
+        if nudge is not None and nudge[1]:
+            return Nudged(t_next, 1.0 if t > t_next else -1.0)
         return t_next
+    if ci == 0.0 and nudge is not None and nudge[0]:
+        return Nudged(t, 1.0 if t_next > t else -1.0)
     return t + ci * h
 
 
@@ -149,6 +180,7 @@ def rk_step(
     keep_stage_states: bool = False,
     h: torch.Tensor | None = None,
     times: Sequence[torch.Tensor] | None = None,
+    nudge: tuple[bool, bool] | None = None,
 ):
     """Take one step ``t -> t_next`` from ``y``.
 
@@ -163,6 +195,8 @@ def rk_step(
             derivative is evaluated (``Ys`` then holds ``None`` but for an FSAL last stage).
         h, times: the step size (a 0-dim tensor) and the time handed to ``rhs`` for each
             stage, given instead of ``t``/``t_next`` by a compiled step (``symode._compiled``).
+        nudge: ``(start, end)``: evaluate the stages at the step's start/end just inside the
+            step (``stage_time``), beside a discontinuity of ``f`` in time.
 
     Returns ``(y_next, error_or_None, ks, Ys)``: ``ks[i]``/``Ys[i]`` are the stage
     derivatives/states, ``None`` for stages not evaluated. For an FSAL tableau the last
@@ -184,9 +218,9 @@ def rk_step(
         elif times is not None:
             ks[i] = rhs(times[i], Yi)
         elif dts is None:
-            ks[i] = rhs(stage_time(tableau, i, t, t_next, step), Yi)
+            ks[i] = rhs(stage_time(tableau, i, t, t_next, step, nudge), Yi)
         else:
-            ks[i] = rhs(stage_time(tableau, i, t, t_next, step), Yi, stage_time_perturbation(tableau, i, dts))
+            ks[i] = rhs(stage_time(tableau, i, t, t_next, step, nudge), Yi, stage_time_perturbation(tableau, i, dts))
     if tableau.fsal and Ys[-1] is not None:
         y_next = Ys[-1]
     else:

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from ._checks import check_bool, is_real, optional_positive_float, positive_float, positive_int
+from ._checks import check_bool, check_tolerance, is_real, optional_positive_float, positive_float, positive_int
 from ._stats import SolveError
 
 __all__ = [
@@ -26,7 +26,6 @@ __all__ = [
     "StepPlan",
     "rms_norm",
     "mixed_rms_norm",
-    "check_tolerance",
     "DEFAULT_RTOL",
     "DEFAULT_ATOL",
     "Norm",
@@ -81,13 +80,16 @@ class FixedSteps:
     the output times (with ``step_size``: one grid of steps of ``h`` from ``t[0]``, the last
     shortened to end on ``t[-1]``; with ``grid``: the grid itself) and each output time is
     interpolated within the step that holds it, linearly between the step's ends or with the
-    cubic Hermite interpolant through them and their derivatives.
+    cubic Hermite interpolant through them and their derivatives. ``perturb=True``
+    (torchdiffeq's ``perturb``): every step evaluates ``f`` just after its start and just before
+    its end, so that a discontinuity of ``f`` at a grid point is seen from the step's side.
     """
 
     step_size: float | None = None
     grid: tuple[float, ...] | None = None
     max_num_steps: int = DEFAULT_MAX_NUM_STEPS
     interp: str | None = None
+    perturb: bool = False
 
     def __init__(
         self,
@@ -95,8 +97,10 @@ class FixedSteps:
         grid: Sequence[float] | torch.Tensor | None = None,
         max_num_steps: int = DEFAULT_MAX_NUM_STEPS,
         interp: str | None = None,
+        perturb: bool = False,
     ) -> None:
         object.__setattr__(self, "max_num_steps", positive_int(max_num_steps, "max_num_steps"))
+        object.__setattr__(self, "perturb", check_bool(perturb, "perturb"))
         if interp is not None and interp not in ("linear", "cubic"):
             raise ValueError(
                 f"interp must be 'linear' or 'cubic' (or None: every output time ends a step), got {interp!r}"
@@ -216,6 +220,8 @@ class RecordedSteps:
     anchors: tuple[int | None, ...]
     #: the solve interpolated its output times (``Trajectory.out_theta``): so does the replay
     interpolate: bool = False
+    #: per step, whether its start/end stages were evaluated just inside it (``Trajectory.nudges``)
+    nudges: tuple[tuple[bool, bool], ...] | None = None
 
     def plan(self, t_out: Sequence[float]) -> StepPlan:
         return list(self.grid), list(self.out_index), list(self.anchors)
@@ -249,8 +255,11 @@ class AdaptiveSteps:
 
     ``min_step``/``max_step`` bound every step (torchdiffeq's options: a step of ``min_step``
     is taken whatever its error); ``step_t``: times every step must end on (torchdiffeq's
-    ``step_t``; they are not outputs); ``norm``: the error norm, a callable on the state (a
-    tuple state is handed to it as a tuple) returning a scalar, instead of the RMS norm.
+    ``step_t``; they are not outputs); ``jump_t``: discontinuities of ``f`` in time, where a
+    step ends too, the step before evaluating ``f`` just before the jump and the step after it
+    just after (the first stage is evaluated again rather than reused; torchdiffeq's
+    ``jump_t``); ``norm``: the error norm, a callable on the state (a tuple state is handed to
+    it as a tuple) returning a scalar, instead of the RMS norm.
     ``controller="pid"``: the PID controller with gains ``pcoeff``, ``icoeff``, ``dcoeff``
     (default Söderlind's H312PID, 1/18, 1/9, 1/18; diffrax's and torchode's parametrisation:
     the factor is ``r_n^(-(i+p+d)/k) r_{n-1}^((p+2d)/k) r_{n-2}^(-d/k)``).
@@ -275,6 +284,7 @@ class AdaptiveSteps:
     min_step: float = 0.0
     max_step: float = math.inf
     step_t: tuple[float, ...] = ()
+    jump_t: tuple[float, ...] = ()
     pcoeff: float | None = None
     icoeff: float | None = None
     dcoeff: float | None = None
@@ -317,16 +327,20 @@ class AdaptiveSteps:
                 f"need 0 <= min_step <= max_step, max_step > 0 and a finite min_step; got min_step={self.min_step!r}, "
                 f"max_step={self.max_step!r}"
             )
-        times = self.step_t
-        if isinstance(times, torch.Tensor):
-            times = times.detach().reshape(-1).cpu().double().tolist()
-        try:
-            points = tuple(sorted({float(v) for v in times}))
-        except TypeError:
-            raise TypeError(f"step_t must be a 1-D tensor or sequence of times, got {self.step_t!r}") from None
-        if not all(math.isfinite(v) for v in points):
-            raise ValueError(f"step_t must hold finite times, got {points!r}")
-        object.__setattr__(self, "step_t", points)
+        for name in ("step_t", "jump_t"):
+            times = getattr(self, name)
+            if isinstance(times, torch.Tensor):
+                times = times.detach().reshape(-1).cpu().double().tolist()
+            try:
+                points = tuple(sorted({float(v) for v in times}))
+            except TypeError:
+                raise TypeError(f"{name} must be a 1-D tensor or sequence of times, got {times!r}") from None
+            if not all(math.isfinite(v) for v in points):
+                raise ValueError(f"{name} must hold finite times, got {points!r}")
+            object.__setattr__(self, name, points)
+        both = sorted(set(self.step_t) & set(self.jump_t))
+        if both:
+            raise ValueError(f"step_t and jump_t must not share times (as in torchdiffeq), got {both} in both")
 
     def _check_gains(self) -> None:
         given = [g is not None for g in (self.pcoeff, self.icoeff, self.dcoeff)]
@@ -374,22 +388,3 @@ class AdaptiveSteps:
     def clamp(self, h: float) -> float:
         """``h`` within ``[min_step, max_step]``."""
         return min(self.max_step, max(self.min_step, h))
-
-
-def check_tolerance(value: Any, name: str) -> None:
-    """Raise unless ``value`` is a valid tolerance: positive and finite numbers or tensors (a
-    tuple of them for tuple states)."""
-    parts = value if isinstance(value, (tuple, list)) else (value,)
-    if len(parts) == 0:
-        raise ValueError(f"{name} must not be empty")
-    for part in parts:
-        if isinstance(part, torch.Tensor):
-            if not (part.is_floating_point() or part.dtype in (torch.int32, torch.int64)):
-                raise TypeError(f"{name} tensor must be real, got dtype {part.dtype}")
-            if part.numel() == 0 or not bool(torch.all(part > 0)) or not bool(torch.all(torch.isfinite(part))):
-                raise ValueError(f"{name} must be positive and finite everywhere, got {part!r}")
-        elif is_real(part):
-            if not (float(part) > 0 and math.isfinite(float(part))):
-                raise ValueError(f"{name} must be positive and finite, got {part!r}; e.g. {name}=1e-6")
-        else:
-            raise TypeError(f"{name} must be a positive number or tensor, got {part!r}")

@@ -38,11 +38,12 @@ from typing import Any
 
 import torch
 
+from .._checks import check_tolerance
 from .._integrate import Trajectory, integrate
 from .._ivp import ODEProblem
 from .._methods import get_tableau
 from .._stats import Stats
-from .._step_size import AdaptiveSteps, FixedSteps, Tolerance, check_tolerance, rms_norm
+from .._step_size import AdaptiveSteps, FixedSteps, Tolerance, rms_norm
 from .._tableau import ButcherTableau
 from ._base import GradientMethod
 from ._first_evaluation import check_closures

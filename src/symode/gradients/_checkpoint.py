@@ -58,7 +58,9 @@ class Checkpoint(StepwiseMethod):
         def step(y: torch.Tensor, *dts: torch.Tensor) -> torch.Tensor:
             before = stats.nfe_backward
             ends = (dts[0], dts[1]) if dts else None
-            y_next, _, ks, _ = rk_step(rhs, tableau, t, t_next, y, with_error=False, stages=stages, dts=ends)
+            y_next, _, ks, _ = rk_step(
+                rhs, tableau, t, t_next, y, with_error=False, stages=stages, dts=ends, nudge=trajectory.nudge(n)
+            )
             stats.nfe_backward_vjp += stats.nfe_backward - before
             if not dense:
                 return y_next
@@ -106,6 +108,7 @@ class OneCheckpoint(RecordingMethod):
                     tuple(trajectory.out_index),
                     tuple(trajectory.anchors),
                     interpolate=bool(trajectory.out_theta),
+                    nudges=None if trajectory.nudges is None else tuple(trajectory.nudges),
                 )
                 outputs = integrate(
                     rhs, y0, problem.t_out, problem.tableau, grid, time_carriers=carriers or None
@@ -154,6 +157,7 @@ def _replayed_solve(
             with_error=False,
             stages=interpolation_stages(tableau) if dense else tableau.solution_stages,
             dts=dts,
+            nudge=trajectory.nudge(n),
         )
         h = grid[n + 1] - grid[n]
         for k in range(len(outputs), len(trajectory.out_index)):  # the outputs this step reaches, in order

@@ -95,7 +95,7 @@ class SymplecticAdjoint(StepwiseMethod):
             num_steps,
             self.max_checkpoints,
             trajectory.outputs[0],
-            lambda i, j, y: _advance(problem, trajectory.grid, i, j, y),
+            lambda i, j, y: _advance(problem, trajectory, i, j, y),
         )
 
     def step_back(self, problem, trajectory, n, y, lam, params, param_grads, time_grads, dense, out_grads):
@@ -113,6 +113,7 @@ class SymplecticAdjoint(StepwiseMethod):
             with_time=time_grads is not None,
             dense=dense,
             out_grads=out_grads,
+            nudge=trajectory.nudge(n),
         )
         if time_grads is not None:
             time_grads[n] = time_grads[n] + time_cotangents[0]
@@ -120,9 +121,10 @@ class SymplecticAdjoint(StepwiseMethod):
         return lam
 
 
-def _advance(problem: ODEProblem, grid: list[float], i: int, j: int, y: torch.Tensor) -> torch.Tensor:
+def _advance(problem: ODEProblem, trajectory: Trajectory, i: int, j: int, y: torch.Tensor) -> torch.Tensor:
     """Recompute ``y_j`` from ``y_i`` on the recorded grid, without a graph."""
     rhs = problem.rhs("nfe_backward")
+    grid = trajectory.grid
     with torch.no_grad():
         for n in range(i, j):
             replay = problem.replay(n)
@@ -134,6 +136,7 @@ def _advance(problem: ODEProblem, grid: list[float], i: int, j: int, y: torch.Te
                 y,
                 with_error=False,
                 stages=problem.tableau.solution_stages,
+                nudge=trajectory.nudge(n),
             )[0]
     return y
 
@@ -151,6 +154,7 @@ def _step_adjoint(
     with_time: bool = False,
     dense: list[tuple[int, float, torch.Tensor]] | None = None,
     out_grads: list[torch.Tensor] | None = None,
+    nudge: tuple[bool, bool] | None = None,
 ):
     """Pull the cotangent ``lam`` of ``y_{n+1}`` back through step ``n`` to ``y_n``, adding the
     parameter gradients of the step to ``param_grads`` in place. ``stored``: the step's stage
@@ -189,7 +193,7 @@ def _step_adjoint(
                     replay.before(i)
                 if i != stages[-1]:
                     problem.stats.nfe_backward += 1
-                    ks[i] = problem.func(problem.time(stage_time(tableau, i, t, t_next, h)), Y).detach()
+                    ks[i] = problem.func(problem.time(stage_time(tableau, i, t, t_next, h, nudge)), Y).detach()
             del ks, Y
     check = closure_check(problem, "SymplecticAdjoint")
     # the step's parameter cotangents are summed first and added to the running totals once:
@@ -217,7 +221,7 @@ def _step_adjoint(
         if cotangent is None:  # structurally zero: nothing flows through this stage
             continue
         assert Yi is not None  # the state of every stage in stages is stored or recomputed above
-        ti = stage_time(tableau, i, t, t_next, h)
+        ti = stage_time(tableau, i, t, t_next, h, nudge)
         problem.stats.nfe_backward += 1
         problem.stats.nfe_backward_vjp += 1
         if replay is not None:
