@@ -304,3 +304,33 @@ def test_jumps_under_every_exact_method(method, options):
     for gradient in EXACT:
         for g, r in zip(grads(gradient), reference):
             assert ((g - r).norm() / r.norm()).item() < 1e-12, gradient
+
+
+def test_dtype_option_is_accepted():
+    ys = symode.odeint(_swirl, Y0, T, options={"dtype": torch.float32})
+    assert torch.equal(ys, symode.odeint(_swirl, Y0, T)) and ys.dtype == F64  # times stay float64
+    with pytest.raises(TypeError, match="dtype"):
+        symode.odeint(_swirl, Y0, T, options={"dtype": "float32"})
+
+
+def test_adjoint_options_take_a_callable_norm():
+    """A callable norm of the backward solve is handed (y, a, *dL/dθ_p); the seminorm written as one
+    takes the same steps, and so gives the same gradient, as norm='seminorm'."""
+    func = Field(dim=2, hidden=6, seed=1)
+    y0 = torch.tensor([[0.3, -0.2]], dtype=F64, requires_grad=True)
+    t = torch.linspace(0.0, 1.0, 3, dtype=F64)
+    seen = []
+
+    def seminorm(y, a, *grads):
+        seen.append(len(grads))
+        return torch.maximum(y.pow(2).mean().sqrt(), a.pow(2).mean().sqrt())
+
+    def gradient(norm):
+        ys = symode.odeint_adjoint(func, y0, t, rtol=1e-6, atol=1e-8, adjoint_options={"norm": norm})
+        return torch.autograd.grad(ys.pow(2).sum(), (y0, *func.parameters()))
+
+    for g, r in zip(gradient(seminorm), gradient("seminorm")):
+        torch.testing.assert_close(g, r, rtol=1e-13, atol=1e-15)
+    assert set(seen) == {len(list(func.parameters()))}
+    with pytest.raises(ValueError, match="scalar"):
+        gradient(lambda y, a, *g: y.abs())

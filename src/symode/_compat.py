@@ -60,6 +60,8 @@ _ADAPTIVE_OPTIONS = (
     "dcoeff",
 )
 _BOTH_OPTIONS = ("max_num_steps",)  # the limit on the steps of a solve, fixed or adaptive
+#: accepted as torchdiffeq does, with no effect: symode's times are float64 whatever the dtype given
+_ACCEPTED_OPTIONS = ("dtype",)
 
 
 def make_steps(
@@ -83,13 +85,18 @@ def make_steps(
     state, as torchdiffeq's; a tuple state is handed to it as a tuple), ``interpolate``, and
     ``controller="pid"`` with ``pcoeff``, ``icoeff``, ``dcoeff``; for fixed steps also
     ``interp``, ``grid_constructor`` and ``perturb`` (see :class:`symode.FixedSteps`);
-    ``max_num_steps`` (default 100000) limits either kind. An unknown key, or keys
+    ``max_num_steps`` (default 100000) limits either kind; ``dtype`` (torchdiffeq's time dtype)
+    is accepted and has no effect: symode keeps times in float64 whatever it says. An unknown key, or keys
     of both kinds, raise ``ValueError``. A fixed-step method without a step size steps from
     one output time to the next (the output times ``t`` are its grid), as in torchdiffeq.
     """
     options = {} if options is None else options
     if not isinstance(options, Mapping):
         raise TypeError(f"options must be a dict, got {type(options).__name__}")
+    dtype = options.get("dtype")
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise TypeError(f"option 'dtype' (the dtype of the times) must be a floating torch.dtype, got {dtype!r}")
+    options = {k: v for k, v in options.items() if k not in _ACCEPTED_OPTIONS}
     unknown = sorted(set(options) - set(_FIXED_OPTIONS) - set(_ADAPTIVE_OPTIONS) - set(_BOTH_OPTIONS))
     if unknown:
         raise ValueError(

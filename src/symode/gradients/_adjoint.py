@@ -33,7 +33,7 @@ The error norm of the backward solve (``norm=``):
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -92,7 +92,7 @@ class ContinuousAdjoint(RecordingMethod):
         atol: Tolerance | None = None,
         method: str | ButcherTableau | None = None,
         steps: FixedSteps | AdaptiveSteps | None = None,
-        norm: str = "default",
+        norm: str | Callable[..., torch.Tensor] = "default",
     ):
         self.rtol = _checked_tolerance(rtol, "rtol")
         self.atol = _checked_tolerance(atol, "atol")
@@ -114,10 +114,13 @@ class ContinuousAdjoint(RecordingMethod):
             if isinstance(steps, AdaptiveSteps) and tableau is not None:
                 _prefixed(tableau.check_adaptive)
         self.steps = steps
+        if callable(norm):
+            self.norm: str | Callable[..., torch.Tensor] = norm
+            return
         if not isinstance(norm, str):
-            raise TypeError(f"ContinuousAdjoint: norm must be one of {list(_NORMS)}, got {norm!r}")
+            raise TypeError(f"ContinuousAdjoint: norm must be one of {list(_NORMS)} or a callable, got {norm!r}")
         if norm.lower() not in _NORMS:
-            raise ValueError(f"ContinuousAdjoint: norm must be one of {list(_NORMS)}, got {norm!r}")
+            raise ValueError(f"ContinuousAdjoint: norm must be one of {list(_NORMS)} or a callable, got {norm!r}")
         self.norm = norm.lower()
 
     @classmethod
@@ -184,7 +187,7 @@ class _BackwardSolver:
         steps,
         rtol,
         atol,
-        norm: str,
+        norm: Any,
     ):
         self.problem = problem
         self.params = params  # those that require grad
@@ -207,9 +210,20 @@ class _BackwardSolver:
         g_part = flat.min().expand(sum(self.param_sizes))
         return torch.cat([flat, flat, g_part])
 
-    def _augmented_norm(self, kind: str):
+    def _augmented_norm(self, kind):
         n, y_shape, state_norm = self.n, self.problem.y0.shape, self.state_norm
         sizes = self.param_sizes
+        if callable(kind):  # the user's, handed (y, a, *dL/dθ_p) shaped like the state and the parameters
+            shapes = [p.shape for p in self.params]
+
+            def user_norm(err: torch.Tensor) -> torch.Tensor:
+                grads = [g.view(shape) for g, shape in zip(torch.split(err[2 * n :], sizes), shapes)]
+                value = torch.as_tensor(kind(err[:n].view(y_shape), err[n : 2 * n].view(y_shape), *grads))
+                if value.numel() != 1:
+                    raise ValueError(f"adjoint norm must return a scalar, got shape {tuple(value.shape)}")
+                return value.reshape(())
+
+            return user_norm
 
         def seminorm(err: torch.Tensor) -> torch.Tensor:
             return torch.maximum(state_norm(err[:n].view(y_shape)), state_norm(err[n : 2 * n].view(y_shape)))
