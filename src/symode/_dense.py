@@ -78,10 +78,8 @@ def interpolation_tableau(tableau: ButcherTableau) -> ButcherTableau:
             f"ButcherTableau {tableau.name!r} is FSAL (its last stage is f(t_n+1, y_n+1)), so b_dense needs {s} "
             f"rows, not {s + 1}"
         )
-    b_err = None if tableau.b_err is None else (*tableau.b_err, 0.0)
-    a = tuple(row[:i] for i, row in enumerate(tableau.a)) + (tableau.b,)  # ragged rows
-    extended = _with(tableau, (*tableau.c, 1.0), a, (*tableau.b, 0.0), b_err, None)
-    return _with(extended, extended.c, extended.a, extended.b, b_err, rows or hermite_rows(extended))
+    extended = _with_fsal_stage(tableau)
+    return _with(extended, extended.c, extended.a, extended.b, extended.b_err, rows or hermite_rows(extended))
 
 
 @functools.cache
@@ -93,10 +91,16 @@ def fixed_grid_tableau(tableau: ButcherTableau, interp: str) -> ButcherTableau:
         return _with(tableau, tableau.c, tableau.a, tableau.b, tableau.b_err, tuple((bi,) for bi in tableau.b))
     if tableau.fsal:
         return _with(tableau, tableau.c, tableau.a, tableau.b, tableau.b_err, hermite_rows(tableau))
+    extended = _with_fsal_stage(tableau)
+    return _with(extended, extended.c, extended.a, extended.b, extended.b_err, hermite_rows(extended))
+
+
+def _with_fsal_stage(tableau: ButcherTableau) -> ButcherTableau:
+    """``tableau`` with ``f(t_{n+1}, y_{n+1})`` appended as a stage (``c = 1``, its row of ``a``
+    equal to ``b``, weight 0): an FSAL method with the same steps and solution."""
     b_err = None if tableau.b_err is None else (*tableau.b_err, 0.0)
-    a = tuple(row[:i] for i, row in enumerate(tableau.a)) + (tableau.b,)
-    extended = _with(tableau, (*tableau.c, 1.0), a, (*tableau.b, 0.0), b_err, None)
-    return _with(extended, extended.c, extended.a, extended.b, b_err, hermite_rows(extended))
+    a = tuple(row[:i] for i, row in enumerate(tableau.a)) + (tableau.b,)  # ragged rows
+    return _with(tableau, (*tableau.c, 1.0), a, (*tableau.b, 0.0), b_err, None)
 
 
 def _with(tableau: ButcherTableau, c, a, b, b_err, b_dense) -> ButcherTableau:
