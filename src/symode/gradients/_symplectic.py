@@ -177,6 +177,7 @@ def _step_adjoint(
     dense = dense or []
     stages = interpolation_stages(tableau) if dense else tableau.solution_stages
     weights = [dense_terms(tableau, theta) for _, theta, _ in dense]
+    derivatives = [dict(slope_terms) for _, slope_terms in weights]  # per output: stage -> b_i'(theta)
 
     # 1. the stage states: stored, or recomputed without a graph (the last stage's k is not needed)
     replay = problem.replay(n, capture=stored is None)
@@ -216,7 +217,7 @@ def _step_adjoint(
     for i in reversed(stages):
         cotangent, kappa[i] = kappa[i], None
         Yi, Ys[i] = Ys[i], None
-        if cotangent is None and with_time and any(m == i for _, derivative in weights for m, _ in derivative):
+        if cotangent is None and with_time and any(i in derivative for derivative in derivatives):
             cotangent = torch.zeros_like(lam)  # k_i is needed for the interpolant's time derivative
         if cotangent is None:  # structurally zero: nothing flows through this stage
             continue
@@ -240,10 +241,9 @@ def _step_adjoint(
             dh = (cotangent * k).sum() / h
             ct[0] = ct[0] - dh
             ct[1] = ct[1] + dh
-            for j, ((_, _, g_out), (_, derivative)) in enumerate(zip(dense, weights)):
-                for m, d in derivative:
-                    if m == i:
-                        slopes[j] = slopes[j] + d * (g_out * k).sum()
+            for j, ((_, _, g_out), derivative) in enumerate(zip(dense, derivatives)):
+                if i in derivative:
+                    slopes[j] = slopes[j] + derivative[i] * (g_out * k).sum()
             if g is not None:
                 ct[0] = ct[0] + (1.0 - tableau.c[i]) * g
                 ct[1] = ct[1] + tableau.c[i] * g
