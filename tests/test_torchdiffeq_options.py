@@ -334,3 +334,59 @@ def test_adjoint_options_take_a_callable_norm():
     assert set(seen) == {len(list(func.parameters()))}
     with pytest.raises(ValueError, match="scalar"):
         gradient(lambda y, a, *g: y.abs())
+
+
+class AdjointRecorder(Recorder):
+    """A field with the forward callbacks and torchdiffeq's ``_adjoint`` callbacks."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(2, 2).double()
+        self.adjoint = {"step": [], "accept": [], "reject": []}
+
+    def forward(self, t, y):
+        return self.lin(y) * (1 + 0.5 * torch.cos(t))
+
+    def callback_step_adjoint(self, t0, y0, dt):
+        self.adjoint["step"].append((float(t0), float(dt), y0))
+
+    def callback_accept_step_adjoint(self, t0, y0, dt):
+        self.adjoint["accept"].append((float(t0), float(dt)))
+
+    def callback_reject_step_adjoint(self, t0, y0, dt):
+        self.adjoint["reject"].append((float(t0), float(dt)))
+
+
+def test_adjoint_callbacks_are_called_by_the_backward_solve_as_in_torchdiffeq():
+    torchdiffeq = pytest.importorskip("torchdiffeq")
+    seen = {}
+    for odeint in (symode.odeint_adjoint, torchdiffeq.odeint_adjoint):
+        torch.manual_seed(0)
+        func = AdjointRecorder()
+        y0 = Y0.clone().requires_grad_(True)
+        ys = odeint(func, y0, T, rtol=1e-6, atol=1e-8)
+        forward_calls = len(func.tried)
+        assert not func.adjoint["step"]  # nothing before the backward pass
+        cotangent = torch.linspace(0.5, 2.0, ys.numel(), dtype=F64).reshape(ys.shape)
+        ys.backward(cotangent)
+        assert len(func.tried) == forward_calls  # the forward callbacks are not called backward
+        steps = func.adjoint["step"]
+        assert len(steps) == len(func.adjoint["accept"]) + len(func.adjoint["reject"])
+        # the augmented state at torchdiffeq's positions: (adjoint of t, y, a, *dL/dparams)
+        _, _, first_state = steps[0]
+        assert steps[0][0] == pytest.approx(float(T[-1]), abs=1e-15)
+        assert len(first_state) == 3 + len(list(func.parameters()))
+        torch.testing.assert_close(first_state[1], ys[-1].detach(), rtol=0, atol=0)
+        torch.testing.assert_close(first_state[2], cotangent[-1], rtol=0, atol=0)
+        for p, g in zip(func.parameters(), first_state[3:]):
+            assert g.shape == p.shape and not g.any()  # the parameter integrals start at zero
+        # every output interval is crossed backwards: its end is the start of a step
+        starts = [s[0] for s in steps]
+        for t_k in T[1:].tolist():
+            assert min(abs(s - t_k) for s in starts) < 1e-12
+        seen[odeint] = steps
+    ours, theirs = seen[symode.odeint_adjoint], seen[torchdiffeq.odeint_adjoint]
+    assert abs(len(ours) - len(theirs)) <= 0.2 * len(theirs)  # their backward norm differs (docs/migrating.md)
+    # symode's dt is signed (t0 + dt ends the step, backwards here); torchdiffeq's is its magnitude
+    assert all(dt < 0 for _, dt, _ in ours) and all(dt > 0 for _, dt, _ in theirs)
+    assert ours[0][2][0] is None  # the adjoint of t is not integrated by symode

@@ -9,6 +9,7 @@ or input checks.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -34,30 +35,35 @@ Rhs = Callable[..., torch.Tensor]
 class StepCallbacks:
     """torchdiffeq's step callbacks of ``func`` (``callback_step``, ``callback_accept_step``,
     ``callback_reject_step``), called by the forward solve's time loop with ``(t, y, dt)``: ``t``
-    and ``dt`` as float64 0-dim tensors, ``y`` in ``y0``'s structure. The backward passes do not
-    call them (the continuous adjoint's ``_adjoint`` callbacks are not called yet)."""
+    and ``dt`` as float64 0-dim tensors (``t + dt`` is the step's end), ``y`` in ``y0``'s
+    structure. The backward passes do not call them. ``suffix="_adjoint"``: the continuous
+    adjoint's callbacks (``callback_step_adjoint``...), which its backward solve calls with the
+    augmented state that :meth:`with_state` converts it to."""
 
     NAMES = ("callback_step", "callback_accept_step", "callback_reject_step")
 
-    def __init__(self, func: Any, layout: StateLayout):
-        self.hooks = [getattr(func, name, None) for name in self.NAMES]
-        self.layout = layout
+    def __init__(self, func: Any, layout: StateLayout, suffix: str = ""):
+        self.hooks = [getattr(func, name + suffix, None) for name in self.NAMES]
+        self.convert: Callable[[torch.Tensor], Any] = layout.unflatten
 
     @classmethod
-    def of(cls, func: Any, layout: StateLayout) -> StepCallbacks | None:
-        if not any(callable(getattr(func, name, None)) for name in cls.NAMES):
+    def of(cls, func: Any, layout: StateLayout, suffix: str = "") -> StepCallbacks | None:
+        if not any(callable(getattr(func, name + suffix, None)) for name in cls.NAMES):
             return None
-        return cls(func, layout)
+        return cls(func, layout, suffix)
+
+    def with_state(self, convert: Callable[[torch.Tensor], Any]) -> StepCallbacks:
+        """These callbacks, handed ``convert(y)`` for the time loop's state ``y``."""
+        other = copy.copy(self)
+        other.convert = convert
+        return other
 
     def _call(self, which: int, t: float, y: torch.Tensor, h: float) -> None:
         hook = self.hooks[which]
         if callable(hook):
             with torch.no_grad():
-                hook(
-                    torch.tensor(t, dtype=torch.float64),
-                    self.layout.unflatten(y.detach()),
-                    torch.tensor(h, dtype=torch.float64),
-                )
+                time, step = (torch.tensor(x, dtype=torch.float64) for x in (t, h))
+                hook(time, self.convert(y.detach()), step)
 
     def step(self, t: float, y: torch.Tensor, h: float) -> None:
         self._call(0, t, y, h)
@@ -95,6 +101,8 @@ class ODEProblem:
         compile: take the forward steps with ``torch.compile`` (``symode._compiled``).
         stats: the counts of this solve; the gradient methods add their backward counts.
         callbacks: ``func``'s step callbacks (torchdiffeq's), called by the forward solve.
+        adjoint_callbacks: ``func``'s ``_adjoint`` step callbacks, for the continuous adjoint's
+            backward solve.
         rng_tape: when ``func`` draws random numbers and an exact method evaluates it again
             in its backward pass: the random generators' states of the forward solve, per
             accepted step (``symode._random.RandomTape``), which ``integrate`` records and the
@@ -118,6 +126,7 @@ class ODEProblem:
     stats: Stats = field(default_factory=Stats)
     rng_tape: RandomTape | None = None
     callbacks: StepCallbacks | None = None
+    adjoint_callbacks: StepCallbacks | None = None
 
     def time(self, t: float) -> torch.Tensor:
         """The time tensor handed to ``func``: 0-dim, of the state's dtype and device (a

@@ -161,6 +161,7 @@ def solve(
         t=ts if ts.requires_grad and ts.is_floating_point() and grad_method.time_gradient else None,
         compile=compile,
         callbacks=StepCallbacks.of(func, layout),
+        adjoint_callbacks=StepCallbacks.of(func, layout, "_adjoint"),
     )
     if dense:
         ys, trajectory, dense_solution = _dense_solve(problem, grad_method, ts)

@@ -200,6 +200,17 @@ class _BackwardSolver:
         self.rtol = self._augmented_tolerance(rtol) if adaptive else None
         self.atol = self._augmented_tolerance(atol) if adaptive else None
         self.norm = self._augmented_norm(norm) if adaptive else None
+        callbacks = problem.adjoint_callbacks
+        self.callbacks = None if callbacks is None else callbacks.with_state(self._callback_state)
+
+    def _callback_state(self, z: torch.Tensor) -> tuple[Any, ...]:
+        """The augmented state as the ``_adjoint`` callbacks see it, at torchdiffeq's positions:
+        ``(None, y, a, *dL/dθ_p)``; torchdiffeq's first entry, the adjoint of ``t``, is not
+        integrated here (the time gradients come from a closed formula), so it is ``None``."""
+        n, layout = self.n, self.problem.layout
+        grads = torch.split(z[2 * n :], self.param_sizes) if self.params else ()
+        shaped = [g.view(p.shape) for g, p in zip(grads, self.params)]
+        return (None, layout.unflatten(z[:n]), layout.unflatten(z[n : 2 * n]), *shaped)
 
     def _augmented_tolerance(self, tol):
         """A tolerance for ``z = [y, a, g]``: a float, or a flat tensor (the state's tolerance
@@ -304,6 +315,7 @@ class _BackwardSolver:
                 atol=self.atol,
                 norm=self.norm,
                 stats=Stats(),
+                callbacks=self.callbacks,
             )
             z = trajectory.outputs[-1]
             del trajectory
