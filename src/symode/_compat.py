@@ -21,8 +21,10 @@ from typing import Any
 
 import torch
 
+from ._adams import ADAMS_METHODS, ADAMS_OPTIONS, adams_solve
 from ._dense_solution import DenseSolution
 from ._methods import get_tableau
+from ._scipy import scipy_solve
 from ._solve import solve
 from ._state import State
 from ._step_size import DEFAULT_ATOL, DEFAULT_RTOL, AdaptiveSteps, FixedSteps, Tolerance
@@ -162,6 +164,10 @@ def odeint(
     :func:`symode.solve` for the arguments (``compile`` included) and the dtype policy, and
     :func:`symode.make_steps` for the options.
     """
+    if isinstance(method, str) and method == "scipy_solver":
+        return scipy_solve(func, y0, t, rtol=rtol, atol=atol, options=options, params=adjoint_params)
+    if isinstance(method, str) and method in ADAMS_METHODS:
+        return _adams(method, func, y0, t, rtol, atol, options, gradient, compile)
     steps = make_steps(method, rtol, atol, options, t, func, y0)
     return solve(
         func,
@@ -173,6 +179,35 @@ def odeint(
         adjoint_params=adjoint_params,
         compile=compile,
     ).ys
+
+
+def _adams(method, func, y0, t, rtol, atol, options, gradient, compile) -> State:
+    """``odeint`` with ``explicit_adams``/``implicit_adams``: fixed steps, as torchdiffeq's."""
+    if options is not None and not isinstance(options, Mapping):
+        raise TypeError(f"options must be a dict, got {type(options).__name__}")
+    options = dict(options or {})
+    own = {k: options.pop(k) for k in ADAMS_OPTIONS if k in options}
+    adaptive = sorted(k for k in options if k in _ADAPTIVE_OPTIONS)
+    if adaptive:
+        raise ValueError(
+            f"method={method!r} takes fixed steps: option(s) {adaptive} apply to adaptive methods; give "
+            f"'step_size' or 'grid' (or neither: the output times are the grid), or use method='dopri5'"
+        )
+    if compile:
+        raise ValueError(f"compile=True applies to Runge-Kutta steps, not to method={method!r}; drop it")
+    steps = make_steps("rk38", rtol, atol, options, t, func, y0)
+    assert isinstance(steps, FixedSteps)  # rk38 has no error estimate, and no adaptive option was given
+    return adams_solve(
+        func,
+        y0,
+        t,
+        steps,
+        implicit=method != "explicit_adams",
+        rtol=rtol,
+        atol=atol,
+        options=own,
+        gradient=gradient,
+    )
 
 
 def odeint_dense(

@@ -343,6 +343,10 @@ TABLEAUS: dict[str, ButcherTableau] = {
 }
 
 
+#: the methods of symode.odeint that are not Runge-Kutta methods (multistep, or scipy's)
+_ODEINT_ONLY = ("explicit_adams", "implicit_adams", "fixed_adams", "scipy_solver")
+
+
 def get_tableau(method: str | ButcherTableau | None) -> ButcherTableau:
     """Resolve a ``method=`` argument: a ``ButcherTableau`` is returned unchanged, a string
     is looked up (case-insensitively) in :data:`TABLEAUS`, ``None`` is ``dopri5`` (as in
@@ -355,8 +359,13 @@ def get_tableau(method: str | ButcherTableau | None) -> ButcherTableau:
         try:
             return TABLEAUS[method.lower()]
         except KeyError:
+            if method in _ODEINT_ONLY:
+                raise ValueError(
+                    f"method {method!r} is not a Runge-Kutta method: it is available through symode.odeint "
+                    f"(torchdiffeq's API) only; the Runge-Kutta methods are {', '.join(sorted(TABLEAUS))}"
+                ) from None
             raise ValueError(
                 f"unknown method {method!r}; available methods: {', '.join(sorted(TABLEAUS))} "
-                f"(or pass a symode.ButcherTableau)"
+                f"(or pass a symode.ButcherTableau; symode.odeint also takes {', '.join(_ODEINT_ONLY)})"
             ) from None
     raise TypeError(f"method must be a method name (str) or a ButcherTableau, got {type(method).__name__}: {method!r}")
