@@ -356,6 +356,7 @@ def test_odeint_adjoint_signature_is_torchdiffeqs():
         "atol",
         "method",
         "options",
+        "event_fn",
         "adjoint_rtol",
         "adjoint_atol",
         "adjoint_method",

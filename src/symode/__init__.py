@@ -14,10 +14,12 @@ from ._compat import (
     odeint_adjoint,
     odeint_checkpoint,
     odeint_dense,
+    odeint_event,
     odeint_onecheckpoint,
     odeint_symplectic_adjoint,
 )
 from ._dense_solution import DenseSolution
+from ._events import Event, EventHit
 from ._methods import TABLEAUS, get_tableau
 from ._solve import Solution, solve
 from ._state import StateLayout
@@ -38,10 +40,13 @@ __all__ = [
     "odeint_onecheckpoint",
     "odeint_symplectic_adjoint",
     "odeint_dense",
+    "odeint_event",
     "make_steps",
     "solve",
     "Solution",
     "DenseSolution",
+    "Event",
+    "EventHit",
     "Stats",
     "SolveError",
     "Backprop",

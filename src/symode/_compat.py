@@ -16,19 +16,20 @@ torchdiffeq's ``options`` dict is translated into a step-size rule here, once, b
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 
-from ._adams import ADAMS_METHODS, ADAMS_OPTIONS, adams_solve
+from ._adams import ADAMS_METHODS
+from ._checks import check_bool
 from ._dense_solution import DenseSolution
 from ._methods import get_tableau
+from ._options import Method, Params, make_steps, odeint_adams, odeint_to_event
 from ._scipy import scipy_solve
 from ._solve import solve
 from ._state import State
-from ._step_size import DEFAULT_ATOL, DEFAULT_RTOL, AdaptiveSteps, FixedSteps, Tolerance
-from ._tableau import ButcherTableau
+from ._step_size import DEFAULT_ATOL, DEFAULT_RTOL, Tolerance
 from .gradients import Checkpoint, ContinuousAdjoint, GradientMethod, OneCheckpoint, SymplecticAdjoint
 
 __all__ = [
@@ -38,109 +39,9 @@ __all__ = [
     "odeint_onecheckpoint",
     "odeint_symplectic_adjoint",
     "odeint_dense",
+    "odeint_event",
     "make_steps",
 ]
-
-Method = str | ButcherTableau | None
-Params = Sequence[torch.Tensor] | None
-
-_FIXED_OPTIONS = ("step_size", "grid", "interp", "grid_constructor", "perturb")
-_ADAPTIVE_OPTIONS = (
-    "first_step",
-    "controller",
-    "safety",
-    "ifactor",
-    "dfactor",
-    "interpolate",
-    "min_step",
-    "max_step",
-    "step_t",
-    "jump_t",
-    "norm",
-    "pcoeff",
-    "icoeff",
-    "dcoeff",
-)
-_BOTH_OPTIONS = ("max_num_steps",)  # the limit on the steps of a solve, fixed or adaptive
-#: accepted as torchdiffeq does, with no effect: symode's times are float64 whatever the dtype given
-_ACCEPTED_OPTIONS = ("dtype",)
-
-
-def make_steps(
-    method: Method | None,
-    rtol: Tolerance,
-    atol: Tolerance,
-    options: Mapping[str, Any] | None,
-    t: Any = None,
-    func: Any = None,
-    y0: Any = None,
-) -> FixedSteps | AdaptiveSteps:
-    """The step-size rule for ``method`` from torchdiffeq-style ``rtol``, ``atol``, ``options``.
-
-    ``options`` (a dict, or ``None``) takes, for fixed steps, ``step_size`` (steps of this
-    size within each output interval, the last one shortened to end on the output time) or
-    ``grid`` (the step endpoints; the output times are added) — any method, adaptive ones
-    included, then takes fixed steps — and, for adaptive steps, ``first_step``,
-    ``controller`` (``"i"`` or ``"pi"``), ``safety``, ``ifactor`` and ``dfactor`` (see
-    :class:`symode.AdaptiveSteps`), ``min_step``, ``max_step``, ``step_t`` (times every step
-    must end on), ``jump_t`` (discontinuities of ``f`` in time), ``norm`` (a callable on the
-    state, as torchdiffeq's; a tuple state is handed to it as a tuple), ``interpolate``, and
-    ``controller="pid"`` with ``pcoeff``, ``icoeff``, ``dcoeff``; for fixed steps also
-    ``interp``, ``grid_constructor`` and ``perturb`` (see :class:`symode.FixedSteps`);
-    ``max_num_steps`` (default 100000) limits either kind; ``dtype`` (torchdiffeq's time dtype)
-    is accepted and has no effect: symode keeps times in float64 whatever it says. An unknown key, or keys
-    of both kinds, raise ``ValueError``. A fixed-step method without a step size steps from
-    one output time to the next (the output times ``t`` are its grid), as in torchdiffeq.
-    """
-    options = {} if options is None else options
-    if not isinstance(options, Mapping):
-        raise TypeError(f"options must be a dict, got {type(options).__name__}")
-    dtype = options.get("dtype")
-    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
-        raise TypeError(f"option 'dtype' (the dtype of the times) must be a floating torch.dtype, got {dtype!r}")
-    options = {k: v for k, v in options.items() if k not in _ACCEPTED_OPTIONS}
-    unknown = sorted(set(options) - set(_FIXED_OPTIONS) - set(_ADAPTIVE_OPTIONS) - set(_BOTH_OPTIONS))
-    if unknown:
-        raise ValueError(
-            f"unknown option(s) {unknown}; symode's options are {list(_FIXED_OPTIONS)} for fixed "
-            f"steps, {list(_ADAPTIVE_OPTIONS)} for adaptive steps and {list(_BOTH_OPTIONS)} for both"
-        )
-    tableau = get_tableau(method)
-    fixed = {k: options[k] for k in _FIXED_OPTIONS if options.get(k) is not None and k != "perturb"}
-    if "perturb" in options and (fixed or not tableau.adaptive):
-        fixed["perturb"] = options["perturb"]
-    elif options.get("perturb"):
-        raise ValueError(
-            "option 'perturb' applies to fixed steps (give 'step_size' or 'grid'); with adaptive steps, name the "
-            "discontinuities of func in time with options={'jump_t': times}"
-        )
-    if fixed:
-        mixed = sorted(k for k in _ADAPTIVE_OPTIONS if k in options)
-        if mixed:
-            raise ValueError(
-                f"option(s) {mixed} apply to adaptive steps, but {sorted(fixed)} asks for fixed steps; "
-                f"give one or the other"
-            )
-        constructor = fixed.pop("grid_constructor", None)
-        if constructor is not None:
-            if "step_size" in fixed or "grid" in fixed:
-                raise ValueError("options 'grid_constructor' and 'step_size'/'grid' exclude each other; give one")
-            if not callable(constructor) or func is None or t is None:
-                raise ValueError("option 'grid_constructor' must be a callable grid_constructor(func, y0, t) -> grid")
-            fixed["grid"] = constructor(func, y0, torch.as_tensor(t))
-        if "step_size" not in fixed and "grid" not in fixed and t is not None:  # interp alone: the output grid
-            fixed["grid"] = torch.as_tensor(t).detach().reshape(-1)
-        return FixedSteps(**fixed, **{k: options[k] for k in _BOTH_OPTIONS if k in options})
-    if not tableau.adaptive and t is not None and not any(k in options for k in _ADAPTIVE_OPTIONS):
-        both = {k: options[k] for k in _BOTH_OPTIONS if k in options}
-        if "perturb" in options:
-            both["perturb"] = options["perturb"]
-        times = torch.as_tensor(t).detach().reshape(-1)
-        if times.numel() < 2:  # a single output time: no step
-            return FixedSteps(step_size=1.0, **both)
-        return FixedSteps(grid=times, **both)
-    tableau.check_adaptive()
-    return AdaptiveSteps(rtol=rtol, atol=atol, **{k: v for k, v in options.items() if k != "perturb"})
 
 
 def odeint(
@@ -152,10 +53,11 @@ def odeint(
     atol: Tolerance = DEFAULT_ATOL,
     method: Method = "dopri5",
     options: Mapping[str, Any] | None = None,
+    event_fn: Callable[..., Any] | None = None,
     gradient: str | GradientMethod = "backprop",
     adjoint_params: Params = None,
     compile: bool = False,
-) -> State:
+) -> Any:
     """Solve ``dy/dt = func(t, y)`` from ``y0`` at ``t[0]``; return the states at ``t``
     (shape ``(len(t), *y0.shape)``, or a tuple for a tuple ``y0``).
 
@@ -163,11 +65,18 @@ def odeint(
     or a gradient object) to choose how the solve is differentiated. See
     :func:`symode.solve` for the arguments (``compile`` included) and the dtype policy, and
     :func:`symode.make_steps` for the options.
+
+    ``event_fn(t, y)`` (as torchdiffeq's): solve from ``t[0]``, in the direction of ``t[1]``
+    and with no end time, until a component of ``event_fn`` first changes sign; return
+    ``(event_t, states)``, ``states`` at ``[t[0], event_t]``, both differentiable
+    (:func:`symode.odeint_event`).
     """
+    if event_fn is not None:
+        return odeint_to_event(func, y0, t, event_fn, rtol, atol, method, options, gradient, adjoint_params, compile)
     if isinstance(method, str) and method == "scipy_solver":
         return scipy_solve(func, y0, t, rtol=rtol, atol=atol, options=options, params=adjoint_params)
     if isinstance(method, str) and method in ADAMS_METHODS:
-        return _adams(method, func, y0, t, rtol, atol, options, gradient, compile)
+        return odeint_adams(method, func, y0, t, rtol, atol, options, gradient, compile)
     steps = make_steps(method, rtol, atol, options, t, func, y0)
     return solve(
         func,
@@ -181,33 +90,37 @@ def odeint(
     ).ys
 
 
-def _adams(method, func, y0, t, rtol, atol, options, gradient, compile) -> State:
-    """``odeint`` with ``explicit_adams``/``implicit_adams``: fixed steps, as torchdiffeq's."""
-    if options is not None and not isinstance(options, Mapping):
-        raise TypeError(f"options must be a dict, got {type(options).__name__}")
-    options = dict(options or {})
-    own = {k: options.pop(k) for k in ADAMS_OPTIONS if k in options}
-    adaptive = sorted(k for k in options if k in _ADAPTIVE_OPTIONS)
-    if adaptive:
-        raise ValueError(
-            f"method={method!r} takes fixed steps: option(s) {adaptive} apply to adaptive methods; give "
-            f"'step_size' or 'grid' (or neither: the output times are the grid), or use method='dopri5'"
-        )
-    if compile:
-        raise ValueError(f"compile=True applies to Runge-Kutta steps, not to method={method!r}; drop it")
-    steps = make_steps("rk38", rtol, atol, options, t, func, y0)
-    assert isinstance(steps, FixedSteps)  # rk38 has no error estimate, and no adaptive option was given
-    return adams_solve(
-        func,
-        y0,
-        t,
-        steps,
-        implicit=method != "explicit_adams",
-        rtol=rtol,
-        atol=atol,
-        options=own,
-        gradient=gradient,
-    )
+def odeint_event(
+    func: Callable[..., Any],
+    y0: State,
+    t0: Any,
+    *,
+    event_fn: Callable[..., Any],
+    reverse_time: bool = False,
+    odeint_interface: Callable[..., Any] | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, State]:
+    """torchdiffeq's ``odeint_event``: solve from ``t0`` (backwards with ``reverse_time``), with
+    no end time, until a component of ``event_fn(t, y)`` first changes sign.
+
+    Returns ``(event_t, states)``: the event time (0-dim, ``t0``'s dtype) and the states at
+    ``[t0, event_t]`` (shape ``(2, *y0.shape)``, or a tuple). Both are differentiable in ``y0``,
+    the parameters, ``t0`` and what ``event_fn`` depends on: ``odeint_interface`` (default
+    :func:`symode.odeint`; or ``odeint_adjoint``, ``odeint_symplectic_adjoint``, ...) says by which
+    gradient method; ``kwargs`` are its arguments (``rtol``, ``atol``, ``method``, ``options``,
+    ``gradient``...). The event is located on the dense output to round-off; a batch stops at
+    the first crossing of any component. See :class:`symode.Event` for the object API.
+    """
+    check_bool(reverse_time, "reverse_time")
+    interface = odeint if odeint_interface is None else odeint_interface
+    start = torch.as_tensor(t0)
+    if start.numel() != 1:
+        raise ValueError(f"t0 must be a single time, got shape {tuple(start.shape)}")
+    start = start.reshape(())
+    if not start.is_floating_point():
+        start = start.double()
+    t = torch.stack([start, start.detach() + (-1.0 if reverse_time else 1.0)])
+    return interface(func, y0, t, event_fn=event_fn, **kwargs)
 
 
 def odeint_dense(
@@ -242,9 +155,10 @@ def odeint_symplectic_adjoint(
     atol: Tolerance = DEFAULT_ATOL,
     method: Method = "dopri5",
     options: Mapping[str, Any] | None = None,
+    event_fn: Callable[..., Any] | None = None,
     adjoint_params: Params = None,
     compile: bool = False,
-) -> State:
+) -> Any:
     """``odeint`` differentiated by the symplectic adjoint method: the exact gradient of the
     solve with memory of the stored states plus one network use (the name and signature of
     the authors' ``torch_symplectic_adjoint``)."""
@@ -259,6 +173,7 @@ def odeint_symplectic_adjoint(
         gradient=SymplecticAdjoint(),
         adjoint_params=adjoint_params,
         compile=compile,
+        event_fn=event_fn,
     )
 
 
@@ -271,9 +186,10 @@ def odeint_checkpoint(
     atol: Tolerance = DEFAULT_ATOL,
     method: Method = "dopri5",
     options: Mapping[str, Any] | None = None,
+    event_fn: Callable[..., Any] | None = None,
     adjoint_params: Params = None,
     compile: bool = False,
-) -> State:
+) -> Any:
     """``odeint`` differentiated by checkpointing every accepted step and backpropagating
     through one rebuilt step at a time (ACA; the authors' ``odeint_checkpoint``)."""
     return odeint(
@@ -287,6 +203,7 @@ def odeint_checkpoint(
         gradient=Checkpoint(),
         adjoint_params=adjoint_params,
         compile=compile,
+        event_fn=event_fn,
     )
 
 
@@ -299,9 +216,10 @@ def odeint_onecheckpoint(
     atol: Tolerance = DEFAULT_ATOL,
     method: Method = "dopri5",
     options: Mapping[str, Any] | None = None,
+    event_fn: Callable[..., Any] | None = None,
     adjoint_params: Params = None,
     compile: bool = False,
-) -> State:
+) -> Any:
     """``odeint`` differentiated by storing ``y0`` only and backpropagating through a
     re-run of the whole solve (the authors' ``odeint_onecheckpoint``)."""
     return odeint(
@@ -315,6 +233,7 @@ def odeint_onecheckpoint(
         gradient=OneCheckpoint(),
         adjoint_params=adjoint_params,
         compile=compile,
+        event_fn=event_fn,
     )
 
 
@@ -327,13 +246,14 @@ def odeint_adjoint(
     atol: Tolerance = DEFAULT_ATOL,
     method: Method = "dopri5",
     options: Mapping[str, Any] | None = None,
+    event_fn: Callable[..., Any] | None = None,
     adjoint_rtol: Tolerance | None = None,
     adjoint_atol: Tolerance | None = None,
     adjoint_method: Method | None = None,
     adjoint_options: Mapping[str, Any] | None = None,
     adjoint_params: Params = None,
     compile: bool = False,
-) -> State:
+) -> Any:
     """``odeint`` differentiated by the continuous adjoint method (torchdiffeq's
     ``odeint_adjoint``): memory independent of the number of steps, a gradient as accurate as
     the backward solve. ``adjoint_rtol``/``adjoint_atol``/``adjoint_method``/``adjoint_options``
@@ -352,6 +272,7 @@ def odeint_adjoint(
         gradient=_continuous_adjoint(rtol, atol, method, adjoint_rtol, adjoint_atol, adjoint_method, adjoint_options),
         adjoint_params=adjoint_params,
         compile=compile,
+        event_fn=event_fn,
     )
 
 

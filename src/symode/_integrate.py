@@ -154,6 +154,7 @@ def integrate(
     step: Callable[..., Any] | None = None,
     tape: RandomTape | None = None,
     callbacks: Any = None,
+    until: Callable[..., bool] | None = None,
 ) -> Trajectory:
     """Solve from ``y0`` at ``t_out[0]`` through the output times ``t_out``.
 
@@ -172,6 +173,9 @@ def integrate(
     states (``symode._random``; ``rhs`` is then ``tape.recording(...)``). ``callbacks``: an
     object with ``step(t, y, h)``, ``accept(t, y, h)`` and ``reject(t, y, h)`` (torchdiffeq's
     step callbacks, ``symode._ivp``), told of every trial step (fixed steps: ``step`` only).
+    ``until(t, t_next, y, y_next, ks)``: asked after every accepted step (``ks``: its stage
+    derivatives, those of the continuous extension included); the solve ends there when it
+    returns true (``symode._events``: the step holds an event).
     Raises ``SolveError`` if the solve cannot succeed.
     """
     stats = Stats() if stats is None else stats
@@ -236,7 +240,7 @@ def integrate(
                 tape.try_started(k1 is not None)
             dts = carriers(point_anchors[n], point_anchors[n + 1])
             extra: dict[str, Any] = {}
-            if n + 1 in holds or keep_derivatives:
+            if n + 1 in holds or keep_derivatives or (until is not None and tableau.b_dense is not None):
                 extra["stages"] = interpolation_stages(tableau)
             if nudge is not None and nudge != (False, False):
                 extra["nudge"] = nudge
@@ -255,6 +259,8 @@ def integrate(
                 _check_finite(y, t_next, stats)
                 outputs.append(y)
                 out_index.append(len(grid) - 1)
+            if until is not None and until(t, t_next, y_prev, y, ks):
+                return traj
             t = t_next
             del ks, Ys, y_prev  # not alive during the next step
         if dense is not None:
@@ -370,6 +376,8 @@ def integrate(
                     base_anchor = None
                 if dense is not None:
                     dense.step(t, t_next, y, y_next, ks, dts, stats)
+                if until is not None and until(t, t_next, y, y_next, ks):
+                    return traj
                 t, y = t_next, y_next
                 k1 = ks[-1] if fsal and not on_jump else None  # after a jump, f is evaluated on its far side
                 after_jump = on_jump

@@ -22,7 +22,7 @@ from ._random import RandomTape, StepReplay
 from ._runge_kutta import Nudged
 from ._state import StateLayout
 from ._stats import Stats
-from ._step_size import AdaptiveSteps, FixedSteps, Norm
+from ._step_size import AdaptiveSteps, FixedSteps, Norm, RecordedSteps
 from ._tableau import ButcherTableau
 
 __all__ = ["ODEProblem", "Rhs", "StepCallbacks"]
@@ -86,7 +86,8 @@ class ODEProblem:
         t_out: the output times as Python floats (float64), ``t_out[0]`` the initial time;
             strictly monotone.
         tableau: the Runge-Kutta method.
-        steps: the step-size rule: ``FixedSteps`` or ``AdaptiveSteps``.
+        steps: the step-size rule: ``FixedSteps`` or ``AdaptiveSteps``; ``RecordedSteps`` to
+            replay the steps of an earlier solve (``symode._events``: the solve to an event).
         layout: the state's structure (``StateLayout``): tuple components, tolerance and
             norm conversions.
         rtol, atol: the tolerances of adaptive steps as floats or tensors shaped like ``y0``
@@ -113,7 +114,7 @@ class ODEProblem:
     y0: torch.Tensor
     t_out: Sequence[float]
     tableau: ButcherTableau
-    steps: FixedSteps | AdaptiveSteps
+    steps: FixedSteps | AdaptiveSteps | RecordedSteps
     layout: StateLayout
     rtol: float | torch.Tensor | None = None
     atol: float | torch.Tensor | None = None
@@ -156,13 +157,14 @@ class ODEProblem:
         keep_derivatives: bool = False,
         f0: torch.Tensor | None = None,
         time_carriers: Sequence[torch.Tensor] | None = None,
+        until: Callable[..., bool] | None = None,
     ) -> Trajectory:
         """The forward solve: run the time loop from ``y0`` (default: the problem's), counting
         the calls of ``f`` in ``stats.nfe_forward``; with ``compile``, its steps are compiled
         (``symode._compiled``). ``keep_states``/``keep_stages`` keep every accepted state/the
         stage states of every step, ``keep_derivatives`` the stage derivatives the continuous
         extension uses (for ``symode.solve(dense=True)``); ``f0 = f(t0, y0)`` if already evaluated;
-        ``time_carriers``: see ``time_carriers``."""
+        ``time_carriers``: see ``time_carriers``; ``until``: see ``symode._integrate.integrate``."""
         rhs, step = self.rhs(), None
         if self.rng_tape is not None:
             rhs = self.rng_tape.recording(rhs)
@@ -191,6 +193,7 @@ class ODEProblem:
             step=step,
             tape=self.rng_tape,
             callbacks=self.callbacks,
+            until=until,
         )
 
     def replay(self, n: int, capture: bool = False) -> StepReplay | None:

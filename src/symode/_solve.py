@@ -27,6 +27,7 @@ import torch
 from ._checks import check_bool
 from ._dense import fixed_grid_tableau, interpolation_tableau
 from ._dense_solution import DenseSolution
+from ._events import EventHit, as_events, solve_to_event
 from ._ivp import ODEProblem, StepCallbacks
 from ._methods import get_tableau
 from ._state import State, StateLayout
@@ -52,6 +53,8 @@ class Solution:
         dense: with ``solve(..., dense=True)``, the solution as a function of time on
             ``[t[0], t[-1]]`` (``symode.DenseSolution``: ``sol.dense(t)``,
             ``sol.dense.derivative(t)``); else ``None``.
+        event: with ``solve(..., event=...)``, the event that stopped the solve
+            (``symode.EventHit``: which event function, which component, when), or ``None``.
     """
 
     ts: torch.Tensor
@@ -59,6 +62,7 @@ class Solution:
     stats: Stats
     grid: torch.Tensor
     dense: DenseSolution | None = None
+    event: EventHit | None = None
 
 
 def solve(
@@ -72,6 +76,7 @@ def solve(
     adjoint_params: Sequence[torch.Tensor] | None = None,
     compile: bool = False,
     dense: bool = False,
+    event: Any = None,
 ) -> Solution:
     """Solve ``dy/dt = func(t, y)``, ``y(t[0]) = y0``, and return the states at the times ``t``.
 
@@ -103,6 +108,14 @@ def solve(
             only: with a gradient wanted, ``gradient`` must be ``"backprop"``. (Every exact
             method differentiates the states at the times ``t`` asked for, interpolated, with
             its own memory.)
+        event: stop at an event: a ``symode.Event`` (or a callable ``fn(t, y)``, or a list of
+            them): the solve ends where a component of one first changes sign, located on
+            the dense output (``symode.Event``). ``t`` is then ``[t0, t_end]``, the span
+            searched. With an event, ``Solution.ts`` is ``[t0, t_event]``, ``ys`` the states
+            there and ``Solution.event`` which event it was; without one by ``t_end``, the
+            solve ends there (``Solution.event`` is ``None``). The event time and state are
+            differentiable in ``y0``, the parameters, ``t0`` and what ``fn`` depends on, by
+            every gradient method (the implicit function theorem: ``symode._events``).
 
     Returns:
         Solution: the states at ``t``, the accepted grid and the counts.
@@ -112,6 +125,42 @@ def solve(
         SolveError: the solve cannot succeed (step size underflow, too many steps, a
             non-finite state), with the time it reached.
     """
+    problem, grad_method, ts = setup(func, y0, t, method, steps, gradient, adjoint_params, compile, dense, event)
+    layout = problem.layout
+    if event is not None:
+        if len(problem.t_out) != 2:
+            raise ValueError(
+                f"with event, t must be [t0, t_end] (the span the event is looked for in), got {len(problem.t_out)} "
+                f"times; evaluate the solution at other times with a second solve"
+            )
+        ys, trajectory, hit, t_event = solve_to_event(problem, grad_method, as_events(event), ts, bounded=True)
+        grid = torch.tensor(trajectory.grid, dtype=torch.float64)
+        if hit is not None:
+            ts = torch.stack([ts[0], t_event])
+        return Solution(ts=ts, ys=layout.unflatten(ys, (2,)), stats=problem.stats, grid=grid, event=hit)
+    if dense:
+        ys, trajectory, dense_solution = _dense_solve(problem, grad_method, ts)
+    else:
+        (ys, trajectory), dense_solution = grad_method.solve(problem), None
+    grid = torch.tensor(trajectory.grid, dtype=torch.float64)
+    return Solution(
+        ts=ts, ys=layout.unflatten(ys, (ys.shape[0],)), stats=problem.stats, grid=grid, dense=dense_solution
+    )
+
+
+def setup(
+    func: Callable[..., Any],
+    y0: State,
+    t: Any,
+    method: str | ButcherTableau = "dopri5",
+    steps: FixedSteps | AdaptiveSteps | None = None,
+    gradient: str | GradientMethod = "backprop",
+    adjoint_params: Sequence[torch.Tensor] | None = None,
+    compile: bool = False,
+    dense: bool = False,
+    event: Any = None,
+) -> tuple[ODEProblem, GradientMethod, torch.Tensor]:
+    """``solve``'s checks: the ``ODEProblem``, the gradient method and the output times tensor."""
     if not callable(func):
         raise TypeError(f"func must be callable as func(t, y), got {func!r}")
     tableau = get_tableau(method)
@@ -130,7 +179,7 @@ def solve(
             tableau = interpolation_tableau(tableau)
     elif steps.interp is not None:  # FixedSteps interpolating its output times (torchdiffeq's interp)
         tableau = fixed_grid_tableau(tableau, steps.interp)
-    if dense and tableau.b_dense is None:
+    if (dense or event is not None) and tableau.b_dense is None:
         tableau = interpolation_tableau(tableau)
     params, explicit = _parameters(func, adjoint_params)
     if ts.requires_grad and not grad_method.time_gradient:
@@ -163,14 +212,9 @@ def solve(
         callbacks=StepCallbacks.of(func, layout),
         adjoint_callbacks=StepCallbacks.of(func, layout, "_adjoint"),
     )
-    if dense:
-        ys, trajectory, dense_solution = _dense_solve(problem, grad_method, ts)
-    else:
-        (ys, trajectory), dense_solution = grad_method.solve(problem), None
-    grid = torch.tensor(trajectory.grid, dtype=torch.float64)
-    return Solution(
-        ts=ts, ys=layout.unflatten(ys, (ys.shape[0],)), stats=problem.stats, grid=grid, dense=dense_solution
-    )
+    if dense and event is not None:
+        raise ValueError("dense=True and event exclude each other: give one")
+    return problem, grad_method, ts
 
 
 def _user_norm(norm: Callable[[Any], Any], layout: StateLayout) -> Callable[[torch.Tensor], torch.Tensor]:
