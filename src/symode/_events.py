@@ -128,7 +128,8 @@ class _Search:
         self.tol = min(tols) if tols else 0.0
         self.hit: EventHit | None = None
         self.slope: torch.Tensor | None = None
-        self.theta = 1.0
+        self.spread = 0.0  # the crossing component's mean rate of change over the step holding it
+        self.rng: list[torch.Tensor] | None = rng_states(problem.y0.device)
 
     def values(self, t: float, y: torch.Tensor) -> list[torch.Tensor]:
         time, state = self.problem.time(t), self.problem.layout.unflatten(y)
@@ -148,6 +149,14 @@ class _Search:
         raise IndexError(flat)
 
     def __call__(self, t: float, t_next: float, y: torch.Tensor, y_next: torch.Tensor, ks) -> bool:
+        if self.rng is not None:  # after the first step: did f draw random numbers?
+            if not same_states(self.rng, rng_states(y.device)):
+                raise ValueError(
+                    "func or an event function draws random numbers (dropout, torch.randn, ...): the event found "
+                    "would not belong to the trajectory that is differentiated. Events need a deterministic func: put "
+                    "the module in eval mode (func.eval()) or fix its noise"
+                )
+            self.rng = None
         sign = torch.cat(self.values(t_next, y_next)).sign()
         changed = (sign != self.sign) & ((self.direction == 0) | (self.direction == -self.sign))
         if not bool(changed.any()):
@@ -162,10 +171,10 @@ class _Search:
             j = int(v.argmin())
             return float(v[j]), int(watched[j])
 
-        theta, component = _illinois(phi, _tol(self.tol, t, t_next))
+        theta, component, spread = _illinois(phi, _tol(self.tol, t, t_next))
+        self.spread = spread / abs(h)
         _, slopes = dense_terms(self.tableau, theta)
         self.slope = sum((w * ks[i] for i, w in slopes), torch.zeros_like(y))
-        self.theta = theta
         index, local = self.locate(component)
         self.hit = EventHit(index, local, t + theta * h if theta < 1.0 else t_next)
         return True
@@ -177,15 +186,17 @@ def _tol(tol: float, t: float, t_next: float) -> float:
     return max(tol / h, 4 * math.ulp(max(abs(t), abs(t_next))) / h, 4 * math.ulp(1.0))
 
 
-def _illinois(phi: Callable[[float], tuple[float, int]], tol: float) -> tuple[float, int]:
+def _illinois(phi: Callable[[float], tuple[float, int]], tol: float) -> tuple[float, int, float]:
     """The root of ``phi`` in ``[0, 1]`` (``phi(0) > 0 >= phi(1)``) by the Illinois variant of
     regula falsi, bisecting when it stalls; returns the end of the final bracket where
-    ``phi <= 0`` (the event has happened there) and the component that crossed."""
+    ``phi <= 0`` (the event has happened there), the component that crossed and
+    ``phi(0) - phi(1)``."""
     a, b = 0.0, 1.0
     fa, _ = phi(0.0)
     fb, component = phi(1.0)
+    spread = fa - fb
     if not fa > 0:  # the watched components start on zero: the crossing is at the step's start
-        return 0.0, phi(0.0)[1]
+        return 0.0, phi(0.0)[1], spread
     side = 0
     for iteration in range(200):
         if b - a <= tol or fb == 0.0:
@@ -208,7 +219,7 @@ def _illinois(phi: Callable[[float], tuple[float, int]], tol: float) -> tuple[fl
             if side == 1:
                 fb *= 0.5
             side = 1
-    return b, component
+    return b, component, spread
 
 
 def solve_to_event(problem: ODEProblem, grad_method, events: Sequence[Event], ts: torch.Tensor, bounded: bool):
@@ -221,16 +232,11 @@ def solve_to_event(problem: ODEProblem, grad_method, events: Sequence[Event], ts
     event)."""
     tableau = problem.tableau
     search = _Search(problem, events, tableau)
-    device = problem.y0.device
-    before = rng_states(device)
-    with torch.no_grad():
-        found = problem.integrate(problem.y0.detach(), until=search)
-    if not same_states(before, rng_states(device)):
-        raise ValueError(
-            "func or an event function drew random numbers (dropout, torch.randn, ...) during the event search: "
-            "the event would not belong to the trajectory that is differentiated. Events need a deterministic "
-            "func: put the module in eval mode (func.eval()) or fix its noise"
-        )
+    try:
+        with torch.no_grad():
+            found = problem.integrate(problem.y0.detach(), until=search)
+    except SolveError as e:
+        raise SolveError(f"no event found by t = {e.t!r}: {e}", e.t, e.num_steps) from None
     stats = problem.stats
     accepted, rejected = stats.num_accepted, stats.num_rejected
     if search.hit is None:
@@ -246,8 +252,10 @@ def solve_to_event(problem: ODEProblem, grad_method, events: Sequence[Event], ts
     t0 = ts[0] if ts.is_floating_point() else ts[0].double()
     t_star = hit.t
     times = torch.stack([t0, torch.as_tensor(t_star, dtype=t0.dtype, device=t0.device)])
-    if isinstance(problem.steps, AdaptiveSteps) and not grad_method.exact:
-        steps: FixedSteps | AdaptiveSteps | RecordedSteps = problem.steps  # the continuous adjoint: its own steps
+    steps: FixedSteps | AdaptiveSteps | RecordedSteps
+    if not grad_method.exact:  # the continuous adjoint: its own adaptive steps, or the grid to t*
+        fixed = isinstance(problem.steps, FixedSteps)
+        steps = FixedSteps(grid=[*found.grid[:-1], t_star]) if fixed else problem.steps
     else:
         steps = RecordedSteps(
             grid=tuple(found.grid),
@@ -265,11 +273,11 @@ def solve_to_event(problem: ODEProblem, grad_method, events: Sequence[Event], ts
     )
     ys, trajectory = grad_method.solve(again)
     stats.num_accepted, stats.num_rejected = accepted, rejected
-    t_event, y_event = _implicit_gradient(problem, events[hit.index], hit, ys[-1], slope, times[1])
+    t_event, y_event = _implicit_gradient(problem, events[hit.index], hit, ys[-1], slope, times[1], search.spread)
     return torch.stack([ys[0], y_event]), trajectory, hit, t_event
 
 
-def _implicit_gradient(problem: ODEProblem, event: Event, hit: EventHit, y_star, slope, t_star):
+def _implicit_gradient(problem: ODEProblem, event: Event, hit: EventHit, y_star, slope, t_star, spread: float):
     """The event time and state, carrying ``dt*/dp = -(dg/dp) / c`` (module docstring)."""
     t_value = t_star.detach()
     if not torch.is_grad_enabled():
@@ -283,13 +291,11 @@ def _implicit_gradient(problem: ODEProblem, event: Event, hit: EventHit, y_star,
     g = event.fn(problem.time(hit.t), problem.layout.unflatten(y_star)).reshape(-1)[hit.component]
     if not g.requires_grad:  # nothing the event time depends on requires grad
         return t_value, y_star
-    scale = (0.0 if g_t is None else abs(float(g_t))) + (
-        0.0 if g_y is None else float(g_y.abs().mul(slope.abs()).sum())
-    )
-    if not math.isfinite(c) or abs(c) <= 1e-12 * scale or c == 0.0:
+    if not math.isfinite(c) or abs(c) <= 1e-8 * spread:  # spread: the mean rate over the step
         raise ValueError(
             f"the event at t = {hit.t!r} is tangential: the time derivative of event function {hit.index} "
-            f"(component {hit.component}) along the solution is {c!r} there, so the event time has no derivative. "
+            f"(component {hit.component}) along the solution is {c!r} there (its mean over the step: {spread!r}), so "
+            f"the event time has no derivative. "
             f"Use an event function that crosses zero with a nonzero slope, or detach what it depends on"
         )
     delta = _FirstOrder.apply(g - g.detach()) / c  # zero-valued; its gradient is -dt*/dp
