@@ -103,7 +103,8 @@ def odeint_event(
     """torchdiffeq's ``odeint_event``: solve from ``t0`` (backwards with ``reverse_time``), with
     no end time, until a component of ``event_fn(t, y)`` first changes sign.
 
-    Returns ``(event_t, states)``: the event time (0-dim, ``t0``'s dtype) and the states at
+    Returns ``(event_t, states)``: the event time (0-dim, in ``t0``'s dtype, float64 for a
+    Python number) and the states at
     ``[t0, event_t]`` (shape ``(2, *y0.shape)``, or a tuple). Both are differentiable in ``y0``,
     the parameters, ``t0`` and what ``event_fn`` depends on: ``odeint_interface`` (default
     :func:`symode.odeint`; or ``odeint_adjoint``, ``odeint_symplectic_adjoint``, ...) says by which
@@ -113,7 +114,7 @@ def odeint_event(
     """
     check_bool(reverse_time, "reverse_time")
     interface = odeint if odeint_interface is None else odeint_interface
-    start = torch.as_tensor(t0)
+    start = t0 if isinstance(t0, torch.Tensor) else torch.as_tensor(t0, dtype=torch.float64)
     if start.numel() != 1:
         raise ValueError(f"t0 must be a single time, got shape {tuple(start.shape)}")
     start = start.reshape(())

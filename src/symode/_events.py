@@ -8,9 +8,11 @@ output (its continuous extension). It is found in three parts:
    sign changed (in the allowed direction) means the step holds an event; ``t*`` is then
    located within the step on its interpolant ``Y(t)``, by the Illinois method on
    ``phi(t) = min_i s_i g_i(t, Y(t))`` (``s_i`` the components' signs before the step,
-   taken over the components that changed), to round-off unless a tolerance is given.
+   taken over the components that changed), to round-off unless a tolerance is given; the
+   time returned is the last one found before the crossing (or the root, where ``phi`` is 0).
    ``phi`` is positive until the first of them crosses, and not positive after it: its
-   root is the earliest crossing.
+   root is the earliest crossing. A component that is 0 at ``t0`` (a ball starting on the
+   ground after a bounce) takes its sign from the first step's end: the start is not an event.
 2. **The differentiated solve**: the gradient method solves again on the same steps
    (``RecordedSteps``), with ``t*`` an interpolated output time of the last one, so that the
    state at the event is ``Y(t*)`` of the search, differentiated by any gradient method at the
@@ -115,13 +117,6 @@ class _Search:
         values = self.values(problem.t_out[0], problem.y0)
         self.sizes = [v.numel() for v in values]
         flat = torch.cat(values)
-        zero = (flat == 0).nonzero()
-        if zero.numel():
-            index, component = self.locate(int(zero[0]))
-            raise ValueError(
-                f"event function {index} is 0 at t0 = {problem.t_out[0]!r} (component {component}): the solve starts "
-                f"on the event. Start just off it (torchdiffeq's bouncing ball adds 1e-7 to the height after a bounce)"
-            )
         self.sign = flat.sign()
         self.direction = torch.cat([torch.full((n,), float(e.direction)) for n, e in zip(self.sizes, events)])
         tols = [e.tol for e in events if e.tol is not None]
@@ -158,25 +153,33 @@ class _Search:
                 )
             self.rng = None
         sign = torch.cat(self.values(t_next, y_next)).sign()
-        changed = (sign != self.sign) & ((self.direction == 0) | (self.direction == -self.sign))
+        changed = (sign != self.sign) & (self.sign != 0) & ((self.direction == 0) | (self.direction == -self.sign))
         if not bool(changed.any()):
-            self.sign = torch.where(sign == 0, self.sign, sign)
+            self.sign = torch.where(sign == 0, self.sign, sign)  # a component at 0 keeps the sign it had
             return False
         watched, before = changed.nonzero().reshape(-1), self.sign[changed]
         h = t_next - t
 
+        def time(theta: float) -> tuple[float, float]:
+            """The time at ``theta``, and the fraction the dense output computes from it (so the
+            differentiated solve interpolates at exactly the fraction searched)."""
+            tau = t + theta * h if theta < 1.0 else t_next
+            return tau, (tau - t) / h
+
         def phi(theta: float) -> tuple[float, int]:
-            state = interpolate(self.tableau, y, h, theta, ks) if theta < 1.0 else y_next
-            v = torch.cat(self.values(t + theta * h, state))[watched] * before
+            tau, fraction = time(theta)
+            state = interpolate(self.tableau, y, h, fraction, ks) if tau != t_next else y_next
+            v = torch.cat(self.values(tau, state))[watched] * before
             j = int(v.argmin())
             return float(v[j]), int(watched[j])
 
         theta, component, spread = _illinois(phi, _tol(self.tol, t, t_next))
+        tau, fraction = time(theta)
         self.spread = spread / abs(h)
-        _, slopes = dense_terms(self.tableau, theta)
+        _, slopes = dense_terms(self.tableau, fraction)
         self.slope = sum((w * ks[i] for i, w in slopes), torch.zeros_like(y))
         index, local = self.locate(component)
-        self.hit = EventHit(index, local, t + theta * h if theta < 1.0 else t_next)
+        self.hit = EventHit(index, local, tau)
         return True
 
 
@@ -188,9 +191,10 @@ def _tol(tol: float, t: float, t_next: float) -> float:
 
 def _illinois(phi: Callable[[float], tuple[float, int]], tol: float) -> tuple[float, int, float]:
     """The root of ``phi`` in ``[0, 1]`` (``phi(0) > 0 >= phi(1)``) by the Illinois variant of
-    regula falsi, bisecting when it stalls; returns the end of the final bracket where
-    ``phi <= 0`` (the event has happened there), the component that crossed and
-    ``phi(0) - phi(1)``."""
+    regula falsi, bisecting when it stalls; returns the root if ``phi`` is 0 there, else the
+    end of the final bracket where ``phi > 0`` (just before the crossing: a solve restarted
+    there, after a jump map, does not meet the same crossing at its start), the component that
+    crossed and ``phi(0) - phi(1)``."""
     a, b = 0.0, 1.0
     fa, _ = phi(0.0)
     fb, component = phi(1.0)
@@ -219,7 +223,7 @@ def _illinois(phi: Callable[[float], tuple[float, int]], tol: float) -> tuple[fl
             if side == 1:
                 fb *= 0.5
             side = 1
-    return b, component, spread
+    return (b if fb == 0.0 else a), component, spread
 
 
 def solve_to_event(problem: ODEProblem, grad_method, events: Sequence[Event], ts: torch.Tensor, bounded: bool):
