@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 
 from .. import TABLEAUS, __version__
+from ..train.cli import add_train_parser
 from .contestants import default_gradients, gradient_label
 from .harness import DTYPES
 from .problems import DEFAULT_PROBLEM, PROBLEMS
@@ -34,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
         "exact gradient. The default takes about two minutes on an idle 2-core CPU.",
     )
     _bench_arguments(b)
+    add_train_parser(sub)
     p.bench_parser = b  # type: ignore[attr-defined]  # for usage errors that name the subcommand
     return p
 

@@ -45,6 +45,7 @@ from typing import Any
 import torch
 
 from .. import AdaptiveSteps, FixedSteps, __version__, get_tableau
+from ..train.cli import run_train
 from ._arguments import DEFAULT_PROBLEM, build_parser, with_command
 from .contestants import Contestant, PeerGradient, SymodeGradient, default_gradients, gradient_label, gradient_list
 from .contestants import parse_gradient as parse_gradient
@@ -81,6 +82,8 @@ def _main(argv: Sequence[str] | None) -> int:
     args_list, implied = with_command(list(sys.argv[1:] if argv is None else argv))
     parser = build_parser()
     args = parser.parse_args(args_list)
+    if args.command == "train":
+        return run_train(args)
     if implied and not args.quiet:
         print("symode: no command given, running 'symode bench' ('symode --help' lists the commands)", file=sys.stderr)
     return _bench(parser.bench_parser, args)  # type: ignore[attr-defined]

@@ -1,0 +1,26 @@
+"""symode.train: the paper's experiments as training workflows (``symode train ...``).
+
+* :class:`CNF`, :class:`CNFConfig`, :func:`train_cnf`: continuous normalizing flows (FFJORD)
+  trained by any gradient method, with held-out likelihoods, exact resumption and plots;
+* :mod:`symode.train.data`: data that loads with no network (toy 2-D densities, scikit-learn's
+  digits, stand-ins of the MAF tabular sets' shapes).
+"""
+
+from .cnf import CNF, CNFBlock, ConcatLinear, ConcatSquashLinear, ODENet
+from .data import DATASETS, Splits, load
+from .loop import CNFConfig, evaluate_nll, load_checkpoint, train_cnf
+
+__all__ = [
+    "CNF",
+    "CNFBlock",
+    "CNFConfig",
+    "ConcatLinear",
+    "ConcatSquashLinear",
+    "DATASETS",
+    "ODENet",
+    "Splits",
+    "evaluate_nll",
+    "load",
+    "load_checkpoint",
+    "train_cnf",
+]

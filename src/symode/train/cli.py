@@ -1,0 +1,80 @@
+"""``symode train ...``: the training commands' options (``symode train cnf --help``)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from typing import Any
+
+from .. import TABLEAUS
+from .data import DATASETS
+from .loop import CNFConfig, train_cnf
+
+__all__ = ["add_train_parser", "run_train"]
+
+
+def _sizes(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(s) for s in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated layer widths such as 64,64,64, got {text!r}"
+        ) from None
+    if not sizes or any(s < 1 for s in sizes):
+        raise argparse.ArgumentTypeError(f"layer widths must be positive, got {text!r}")
+    return sizes
+
+
+def add_train_parser(sub: Any) -> None:
+    """Add ``train`` and its workflows to the ``symode`` command's subparsers."""
+    train = sub.add_parser("train", help="train the paper's models (continuous normalizing flows, ...)")
+    workflows = train.add_subparsers(dest="workflow", metavar="WORKFLOW", required=True)
+    defaults = CNFConfig()
+    c = workflows.add_parser(
+        "cnf",
+        help="train a continuous normalizing flow (FFJORD) by any gradient method",
+        description="Train a continuous normalizing flow on a data set that loads with no network, "
+        "differentiated by any gradient method; print the held-out negative log-likelihood (nats) "
+        "periodically and write metrics.json, checkpoint.pt and plots to --out.",
+    )
+    c.add_argument("--data", default=defaults.data, choices=DATASETS, help="the data set (default %(default)s)")
+    c.add_argument("--gradient", default=defaults.gradient, help="the gradient method (default %(default)s)")
+    c.add_argument(
+        "--method", default=defaults.method, choices=sorted(TABLEAUS), help="the solver (default %(default)s)"
+    )
+    c.add_argument("--rtol", type=float, default=defaults.rtol)
+    c.add_argument("--atol", type=float, default=defaults.atol)
+    c.add_argument("--iterations", type=int, default=defaults.iterations)
+    c.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    c.add_argument("--lr", type=float, default=defaults.lr)
+    c.add_argument("--seed", type=int, default=defaults.seed)
+    c.add_argument("--hidden", type=_sizes, default=defaults.hidden, help="layer widths, e.g. 64,64,64")
+    c.add_argument("--blocks", type=int, default=defaults.blocks, help="stacked CNF blocks")
+    c.add_argument("--layer", default=defaults.layer, choices=("concatsquash", "concat"))
+    c.add_argument("--activation", default=defaults.activation, choices=("softplus", "tanh", "elu"))
+    c.add_argument("--trace", default=defaults.trace, choices=("hutchinson", "exact"))
+    c.add_argument("--time", type=float, default=defaults.time, help="each block's (initial) end time")
+    c.add_argument("--fixed-time", action="store_true", help="do not learn the end times")
+    c.add_argument("--kinetic", type=float, default=defaults.kinetic, help="kinetic energy regulariser weight")
+    c.add_argument("--jacobian", type=float, default=defaults.jacobian, help="Jacobian norm regulariser weight")
+    c.add_argument("--eval-every", type=int, default=defaults.eval_every, help="held-out NLL every N iterations")
+    c.add_argument("--eval-size", type=int, default=defaults.eval_size)
+    c.add_argument("--checkpoint-every", type=int, default=defaults.checkpoint_every)
+    c.add_argument("--dtype", default=defaults.dtype, choices=("float32", "float64"))
+    c.add_argument("--device", default=defaults.device, help="cpu or cuda")
+    c.add_argument("--no-plots", action="store_true")
+    c.add_argument("--out", default=None, help="the directory for metrics.json, checkpoint.pt and the plots")
+    c.add_argument("--resume", default=None, help="a checkpoint.pt to continue from (the same options)")
+    c.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """Run ``symode train WORKFLOW`` with the parsed ``args``; the exit status."""
+    fields = {f.name for f in dataclasses.fields(CNFConfig)}
+    values = {k: v for k, v in vars(args).items() if k in fields}
+    config = CNFConfig(**values, learn_time=not args.fixed_time, plots=not args.no_plots)
+    _, metrics = train_cnf(config, args.out, resume=args.resume, quiet=args.quiet)
+    shown = {k: metrics[k] for k in ("test_nll", "peak_memory_bytes", "time_per_iteration_s") if k in metrics}
+    print(json.dumps(shown))
+    return 0
