@@ -137,7 +137,7 @@ class _Run:
         loss.backward()
         self.optimizer.step()
         self.iteration += 1
-        return float(loss), steps
+        return float(loss.detach()), steps
 
     def state(self) -> dict[str, Any]:
         return {

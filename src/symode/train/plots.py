@@ -40,7 +40,8 @@ def plot_cnf(model: CNF, data: Splits, config: Any, directory: Path, grid: int =
                 [model.log_prob(c, method=config.method, steps=steps, trace="exact")[0] for c in points.split(1600)]
             )
         fig, ax = plt.subplots(figsize=(4, 4))
-        ax.imshow(log_p.exp().reshape(grid, grid).cpu(), origin="lower", extent=(lo, hi, lo, hi), cmap="viridis")
+        density = log_p.exp().reshape(grid, grid).cpu().numpy()
+        ax.imshow(density, origin="lower", extent=(lo, hi, lo, hi), cmap="viridis")
         ax.set_title(f"learned density: {data.name}")
         ax.set_xticks([])
         ax.set_yticks([])
@@ -51,7 +52,7 @@ def plot_cnf(model: CNF, data: Splits, config: Any, directory: Path, grid: int =
         2000, generator=torch.Generator().manual_seed(0), dtype=dtype, method=config.method, steps=steps
     )
     fig, axes = plt.subplots(1, 2, figsize=(8, 4), sharex=True, sharey=True)
-    for ax, x, title in ((axes[0], shown, "data (test split)"), (axes[1], samples.cpu(), "samples")):
+    for ax, x, title in ((axes[0], shown.numpy(), "data (test split)"), (axes[1], samples.cpu().numpy(), "samples")):
         ax.scatter(x[:, 0], x[:, 1], s=1, alpha=0.5)
         ax.set_title(title)
         ax.set_xlim(lo, hi)
