@@ -76,5 +76,6 @@ def run_train(args: argparse.Namespace) -> int:
     config = CNFConfig(**values, learn_time=not args.fixed_time, plots=not args.no_plots)
     _, metrics = train_cnf(config, args.out, resume=args.resume, quiet=args.quiet)
     shown = {k: metrics[k] for k in ("test_nll", "peak_memory_bytes", "time_per_iteration_s") if k in metrics}
-    print(json.dumps(shown))
+    if shown:  # rank 0 of several processes, or the only one
+        print(json.dumps(shown))
     return 0

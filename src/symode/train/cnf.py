@@ -143,6 +143,10 @@ class CNF(torch.nn.Module):
         else:
             self.register_buffer("log_time", log_time)
 
+    def forward(self, x: torch.Tensor, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor, list[symode.Stats]]:
+        """:meth:`log_prob` (what ``DistributedDataParallel`` calls)."""
+        return self.log_prob(x, **kwargs)
+
     def log_prob(
         self,
         x: torch.Tensor,

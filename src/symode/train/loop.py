@@ -28,6 +28,7 @@ from symode.bench import peak_memory
 
 from .cnf import CNF
 from .data import Splits, load
+from .distributed import World, join, shard
 from .progress import Progress
 
 __all__ = ["CNFConfig", "evaluate_nll", "load_checkpoint", "train_cnf"]
@@ -76,7 +77,7 @@ class CNFConfig:
         self.hidden = tuple(int(h) for h in self.hidden)
 
 
-def _model(config: CNFConfig, dim: int) -> CNF:
+def _model(config: CNFConfig, dim: int, device: str) -> CNF:
     torch.manual_seed(config.seed)  # the initial weights
     model = CNF(
         dim,
@@ -89,7 +90,7 @@ def _model(config: CNFConfig, dim: int) -> CNF:
         learn_time=config.learn_time,
         regularise=bool(config.kinetic or config.jacobian),
     )
-    return model.to(device=config.device, dtype=_DTYPES[config.dtype])
+    return model.to(device=device, dtype=_DTYPES[config.dtype])
 
 
 def _solve_options(config: CNFConfig) -> dict[str, Any]:
@@ -100,12 +101,12 @@ def evaluate_nll(model: CNF, x: torch.Tensor, config: CNFConfig, batch: int = 10
     """The mean negative log-likelihood of ``x`` in nats: the exact trace up to 8 dimensions,
     else Hutchinson's estimate with a fixed seed."""
     generator = torch.Generator().manual_seed(12345)
+    trace = "exact" if model.dim <= 8 else None
     total = 0.0
     with torch.no_grad():
         for chunk in x.split(batch):
-            log_p, _, _ = model.log_prob(
-                chunk, generator=generator, trace="exact" if model.dim <= 8 else None, **_solve_options(config)
-            )
+            chunk = chunk.to(model.log_time.device)
+            log_p, _, _ = model.log_prob(chunk, generator=generator, trace=trace, **_solve_options(config))
             total += float(log_p.sum())
     return -total / len(x)
 
@@ -113,31 +114,32 @@ def evaluate_nll(model: CNF, x: torch.Tensor, config: CNFConfig, batch: int = 10
 class _Run:
     """The state of a run: the model, the optimizer, the generators and the history."""
 
-    def __init__(self, config: CNFConfig, data: Splits):
-        self.config, self.data = config, data
-        self.model = _model(config, data.dim)
+    def __init__(self, config: CNFConfig, data: Splits, world: World):
+        self.config, self.data, self.world = config, data, world
+        self.model = _model(config, data.dim, world.device)
+        self.trained = world.wrap(self.model)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
-        self.batches = torch.Generator().manual_seed(config.seed)
-        self.noise = torch.Generator().manual_seed(config.seed + 1)
+        self.batches = torch.Generator().manual_seed(config.seed)  # the same global batches on every rank
+        self.noise = torch.Generator().manual_seed(config.seed + 1 + world.rank)
         self.iteration = 0
         self.history: dict[str, list[Any]] = {"loss": [], "val_nll": [], "steps": [], "seconds": []}
 
     def loss(self, x: torch.Tensor) -> tuple[torch.Tensor, int]:
         c = self.config
-        log_p, regs, stats = self.model.log_prob(x, gradient=c.gradient, generator=self.noise, **_solve_options(c))
+        log_p, regs, stats = self.trained(x, gradient=c.gradient, generator=self.noise, **_solve_options(c))
         loss = -log_p.mean() + c.kinetic * regs[0].mean() + c.jacobian * regs[1].mean()
         return loss, sum(s.num_accepted for s in stats)
 
     def step(self) -> tuple[float, int]:
         data = self.data.train
         index = torch.randint(len(data), (self.config.batch_size,), generator=self.batches)
-        x = data[index].to(self.config.device)
+        x = shard(data[index], self.world).to(self.world.device)
         self.optimizer.zero_grad()
         loss, steps = self.loss(x)
-        loss.backward()
+        loss.backward()  # with several processes, DDP averages the gradients here
         self.optimizer.step()
         self.iteration += 1
-        return float(loss.detach()), steps
+        return self.world.mean(float(loss.detach())), steps
 
     def state(self) -> dict[str, Any]:
         return {
@@ -177,52 +179,70 @@ def train_cnf(
     (its configuration must equal ``config``). ``stop_after``: stop after that iteration, as
     an interrupted run would (for resuming)."""
     data = load(config.data, n_train=config.n_train, seed=config.seed, dtype=_DTYPES[config.dtype])
-    run = _Run(config, data)
-    if resume is not None:
-        state = load_checkpoint(resume)
-        if state["config"] != dataclasses.asdict(config):
-            raise ValueError(f"resume: the checkpoint {resume} was written with another configuration")
-        run.restore(state)
-    directory = None if out is None else Path(out)
-    if directory is not None:
-        directory.mkdir(parents=True, exist_ok=True)
-    progress = Progress(config.iterations, stream=stream, quiet=quiet, label=f"cnf {config.data}")
-    if data.note:
-        progress.note(f"data: {data.note}")
-    last = config.iterations if stop_after is None else min(stop_after, config.iterations)
-    while run.iteration < last:
-        start = time.perf_counter()
-        loss, steps = run.step()
-        run.history["seconds"].append(time.perf_counter() - start)
-        run.history["loss"].append(loss)
-        run.history["steps"].append(steps)
-        i = run.iteration
-        if config.eval_every and (i % config.eval_every == 0 or i == config.iterations):
-            nll = evaluate_nll(run.model, data.val[: config.eval_size], config)
-            run.history["val_nll"].append([i, nll])
-            progress.note(f"iteration {i}: held-out NLL {nll:.4f} nats")
-        progress.update(i, loss=loss, steps=steps)
-        if directory is not None and config.checkpoint_every and i % config.checkpoint_every == 0:
-            torch.save(run.state(), directory / "checkpoint.pt")
-    progress.close()
-    metrics: dict[str, Any] = (
-        _metrics(run, data) if run.iteration == config.iterations else {"iteration": run.iteration}
-    )
+    world = join(config.device)
+    try:
+        run = _Run(config, data, world)
+        if resume is not None:
+            state = load_checkpoint(resume)
+            if state["config"] != dataclasses.asdict(config):
+                raise ValueError(f"resume: the checkpoint {resume} was written with another configuration")
+            run.restore(state)
+        directory = None if out is None or not world.main else Path(out)
+        if directory is not None:
+            directory.mkdir(parents=True, exist_ok=True)
+        label = f"cnf {config.data}" + (f" ({world.size} processes)" if world.size > 1 else "")
+        progress = Progress(config.iterations, stream=stream, quiet=quiet or not world.main, label=label)
+        if data.note:
+            progress.note(f"data: {data.note}")
+        last = config.iterations if stop_after is None else min(stop_after, config.iterations)
+        while run.iteration < last:
+            _iteration(run, progress, directory)
+        progress.close()
+        metrics = _finish(run, data, directory) if world.main else {}
+        world.barrier()
+    finally:
+        world.leave()
+    return run.model, metrics
+
+
+def _iteration(run: _Run, progress: Progress, directory: Path | None) -> None:
+    """One training step, and what follows it: the held-out NLL, the progress, a checkpoint."""
+    config = run.config
+    start = time.perf_counter()
+    loss, steps = run.step()
+    run.history["seconds"].append(time.perf_counter() - start)
+    run.history["loss"].append(loss)
+    run.history["steps"].append(steps)
+    i = run.iteration
+    if run.world.main and config.eval_every and (i % config.eval_every == 0 or i == config.iterations):
+        nll = evaluate_nll(run.model, run.data.val[: config.eval_size], config)
+        run.history["val_nll"].append([i, nll])
+        progress.note(f"iteration {i}: held-out NLL {nll:.4f} nats")
+    progress.update(i, loss=loss, steps=steps)
+    if directory is not None and config.checkpoint_every and i % config.checkpoint_every == 0:
+        torch.save(run.state(), directory / "checkpoint.pt")
+
+
+def _finish(run: _Run, data: Splits, directory: Path | None) -> dict[str, Any]:
+    """Rank 0: the metrics, and with a directory the checkpoint, ``metrics.json`` and plots."""
+    config = run.config
+    finished = run.iteration == config.iterations
+    metrics: dict[str, Any] = _metrics(run, data) if finished else {"iteration": run.iteration}
     if directory is not None:
         torch.save(run.state(), directory / "checkpoint.pt")
-        if run.iteration == config.iterations:
+        if finished:
             (directory / "metrics.json").write_text(json.dumps(metrics, indent=2))
             if config.plots:
                 from .plots import plot_cnf
 
                 plots: list[str] = plot_cnf(run.model, data, config, directory)
                 metrics["plots"] = plots
-    return run.model, metrics
+    return metrics
 
 
 def _metrics(run: _Run, data: Splits) -> dict[str, Any]:
     config = run.config
-    x = data.train[: config.batch_size].to(config.device)
+    x = data.train[: config.batch_size].to(run.world.device)
 
     def iteration() -> None:
         generator = torch.Generator().manual_seed(0)
@@ -230,7 +250,8 @@ def _metrics(run: _Run, data: Splits) -> dict[str, Any]:
         (-log_p.mean()).backward()
         run.model.zero_grad()
 
-    memory = peak_memory(iteration, device=config.device if config.device != "cpu" else None).peak_bytes
+    device = run.world.device
+    memory = peak_memory(iteration, device=device if device != "cpu" else None).peak_bytes
     seconds = run.history["seconds"]
     return {
         "test_nll": evaluate_nll(run.model, data.test[: config.eval_size], config),
@@ -242,5 +263,6 @@ def _metrics(run: _Run, data: Splits) -> dict[str, Any]:
         "iterations": run.iteration,
         "data_note": data.note,
         "config": dataclasses.asdict(config),
-        "torch": torch.__version__,
+        "processes": run.world.size,
+        "torch": str(torch.__version__),
     }

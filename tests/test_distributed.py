@@ -1,0 +1,88 @@
+"""Training on several processes: DistributedDataParallel with gloo, two CPU processes.
+
+Truth: the one-process gradient on the combined batch. With fixed steps the ranks' averaged
+gradient equals it to round-off, for backprop and the symplectic adjoint.
+"""
+
+import os
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+import symode
+from symode.train import CNF, CNFConfig, train_cnf
+from symode.train.distributed import join, shard
+
+pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _environment(rank: int, size: int, port: int) -> None:
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(size), LOCAL_RANK=str(rank)
+    )
+    torch.set_num_threads(1)
+
+
+def _model() -> CNF:
+    torch.manual_seed(0)
+    return CNF(2, (8, 8), trace="exact", time=0.7).double()
+
+
+def _batch() -> torch.Tensor:
+    return torch.randn(8, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+
+
+def _loss(model, x, gradient):
+    log_p, _, _ = model(x, gradient=gradient, method="rk4", steps=symode.FixedSteps(step_size=0.25))
+    return -log_p.mean()
+
+
+def _gradient_worker(rank, size, port, gradient, directory):
+    _environment(rank, size, port)
+    world = join("cpu")
+    model = _model()
+    ddp = world.wrap(model)  # kept: its reducer averages the gradients during backward
+    _loss(ddp, shard(_batch(), world), gradient).backward()
+    torch.save([p.grad for p in model.parameters()], os.path.join(directory, f"{rank}.pt"))
+    world.leave()
+
+
+@pytest.mark.parametrize("gradient", ["backprop", "symplectic_adjoint"])
+def test_averaged_gradients_equal_the_one_process_gradient(gradient, tmp_path):
+    mp.spawn(_gradient_worker, args=(2, _free_port(), gradient, str(tmp_path)), nprocs=2, join=True)
+    model = _model()
+    _loss(model, _batch(), gradient).backward()
+    for rank in range(2):
+        grads = torch.load(tmp_path / f"{rank}.pt", weights_only=True)
+        for g, p in zip(grads, model.parameters()):
+            assert torch.allclose(g, p.grad, rtol=1e-12, atol=1e-14)
+
+
+def _training_worker(rank, size, port, directory):
+    _environment(rank, size, port)
+    config = CNFConfig(
+        data="moons", iterations=4, batch_size=16, hidden=(8, 8), eval_every=2, eval_size=100, n_train=500, plots=False
+    )
+    model, metrics = train_cnf(config, os.path.join(directory, "run"), quiet=True)
+    params = [p.detach().clone() for p in model.parameters()]
+    torch.save({"params": params, "metrics": metrics}, os.path.join(directory, f"{rank}.pt"))
+
+
+def test_training_on_two_processes(tmp_path):
+    """symode train's loop under two processes: the replicas stay equal through rank 0's
+    evaluations (whose noise buffers have another shape: no buffer is broadcast), rank 0 writes
+    the metrics (and says there were two processes)."""
+    mp.spawn(_training_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    first, second = (torch.load(tmp_path / f"{r}.pt", weights_only=True) for r in range(2))
+    for a, b in zip(first["params"], second["params"]):
+        assert torch.equal(a, b)
+    assert first["metrics"]["processes"] == 2 and second["metrics"] == {}
+    assert (tmp_path / "run" / "metrics.json").exists()
