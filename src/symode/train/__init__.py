@@ -6,6 +6,7 @@
   digits, stand-ins of the MAF tabular sets' shapes).
 """
 
+from .choose import Choice, choose_gradient, parse_bytes
 from .cnf import CNF, CNFBlock, ConcatLinear, ConcatSquashLinear, ODENet
 from .data import DATASETS, Splits, load
 from .loop import CNFConfig, evaluate_nll, load_checkpoint, train_cnf
@@ -14,13 +15,16 @@ __all__ = [
     "CNF",
     "CNFBlock",
     "CNFConfig",
+    "Choice",
     "ConcatLinear",
     "ConcatSquashLinear",
     "DATASETS",
     "ODENet",
     "Splits",
+    "choose_gradient",
     "evaluate_nll",
     "load",
     "load_checkpoint",
+    "parse_bytes",
     "train_cnf",
 ]

@@ -39,7 +39,13 @@ def add_train_parser(sub: Any) -> None:
         "periodically and write metrics.json, checkpoint.pt and plots to --out.",
     )
     c.add_argument("--data", default=defaults.data, choices=DATASETS, help="the data set (default %(default)s)")
-    c.add_argument("--gradient", default=defaults.gradient, help="the gradient method (default %(default)s)")
+    c.add_argument(
+        "--gradient",
+        default=defaults.gradient,
+        help="the gradient method (default %(default)s), or 'auto' with --memory-budget: the fastest exact method "
+        "that fits",
+    )
+    c.add_argument("--memory-budget", default=None, help="with --gradient auto: the memory to fit, e.g. 2GiB")
     c.add_argument(
         "--method", default=defaults.method, choices=sorted(TABLEAUS), help="the solver (default %(default)s)"
     )

@@ -26,6 +26,7 @@ import torch
 import symode
 from symode.bench import peak_memory
 
+from .choose import choose_gradient
 from .cnf import CNF
 from .data import Splits, load
 from .distributed import World, join, shard
@@ -61,6 +62,7 @@ class CNFConfig:
     eval_every: int = 50
     eval_size: int = 2000
     checkpoint_every: int = 0
+    memory_budget: str | None = None
     dtype: str = "float32"
     device: str = "cpu"
     n_train: int = 20000
@@ -75,6 +77,11 @@ class CNFConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         self.hidden = tuple(int(h) for h in self.hidden)
+        if (self.gradient == "auto") != (self.memory_budget is not None):
+            raise ValueError(
+                "gradient='auto' and memory_budget go together: give both (e.g. --gradient auto --memory-budget 2GiB) "
+                f"or neither; got gradient={self.gradient!r}, memory_budget={self.memory_budget!r}"
+            )
 
 
 def _model(config: CNFConfig, dim: int, device: str) -> CNF:
@@ -123,10 +130,32 @@ class _Run:
         self.noise = torch.Generator().manual_seed(config.seed + 1 + world.rank)
         self.iteration = 0
         self.history: dict[str, list[Any]] = {"loss": [], "val_nll": [], "steps": [], "seconds": []}
+        self.gradient: Any = config.gradient if config.gradient != "auto" else self._choose()
+
+    def _choose(self) -> Any:
+        """``gradient="auto"``: the fastest exact method that fits the memory budget, from a probe
+        of the first block on a batch (the steps counted once and multiplied by the blocks)."""
+        c = self.config
+        batch = shard(self.data.train[: c.batch_size], self.world).to(self.world.device)
+        block = self.model.blocks[0]
+        zero = torch.zeros(batch.shape[0], dtype=batch.dtype, device=batch.device)
+        state = (batch, zero, zero, zero) if c.kinetic or c.jacobian else (batch, zero)
+        block.noise = torch.randn(batch.shape, generator=torch.Generator().manual_seed(0), dtype=batch.dtype)
+        end = self.model.log_time[0].detach().exp()
+        t = torch.stack([torch.zeros_like(end), end])
+        with torch.no_grad():
+            probe = symode.solve(block, state, t, **_solve_options(c)).stats.num_accepted
+        options = _solve_options(c)
+        device = None if self.world.device == "cpu" else self.world.device
+        assert c.memory_budget is not None  # checked by CNFConfig
+        choice = choose_gradient(
+            block, state, t, memory_budget=c.memory_budget, expected_steps=probe * c.blocks, device=device, **options
+        )
+        return choice.gradient
 
     def loss(self, x: torch.Tensor) -> tuple[torch.Tensor, int]:
         c = self.config
-        log_p, regs, stats = self.trained(x, gradient=c.gradient, generator=self.noise, **_solve_options(c))
+        log_p, regs, stats = self.trained(x, gradient=self.gradient, generator=self.noise, **_solve_options(c))
         loss = -log_p.mean() + c.kinetic * regs[0].mean() + c.jacobian * regs[1].mean()
         return loss, sum(s.num_accepted for s in stats)
 
@@ -246,7 +275,7 @@ def _metrics(run: _Run, data: Splits) -> dict[str, Any]:
 
     def iteration() -> None:
         generator = torch.Generator().manual_seed(0)
-        log_p, _, _ = run.model.log_prob(x, gradient=config.gradient, generator=generator, **_solve_options(config))
+        log_p, _, _ = run.model.log_prob(x, gradient=run.gradient, generator=generator, **_solve_options(config))
         (-log_p.mean()).backward()
         run.model.zero_grad()
 
@@ -264,5 +293,6 @@ def _metrics(run: _Run, data: Splits) -> dict[str, Any]:
         "data_note": data.note,
         "config": dataclasses.asdict(config),
         "processes": run.world.size,
+        "gradient": repr(run.gradient) if not isinstance(run.gradient, str) else run.gradient,
         "torch": str(torch.__version__),
     }
