@@ -2,6 +2,8 @@
 
 * :class:`CNF`, :class:`CNFConfig`, :func:`train_cnf`: continuous normalizing flows (FFJORD)
   trained by any gradient method, with held-out likelihoods, exact resumption and plots;
+* :class:`KdV`, :class:`EnergyModel`, :class:`PhysicsConfig`, :func:`train_physics`: the
+  Korteweg-de Vries equation learned by an energy-conserving neural model (dopri8);
 * :mod:`symode.train.data`: data that loads with no network (toy 2-D densities, scikit-learn's
   digits, stand-ins of the MAF tabular sets' shapes).
 """
@@ -10,6 +12,8 @@ from .choose import Choice, choose_gradient, parse_bytes
 from .cnf import CNF, CNFBlock, ConcatLinear, ConcatSquashLinear, ODENet
 from .data import DATASETS, Splits, load
 from .loop import CNFConfig, evaluate_nll, load_checkpoint, train_cnf
+from .physics import EnergyModel, EnergyNet, KdV, simulate
+from .physics_loop import PhysicsConfig, train_physics
 
 __all__ = [
     "CNF",
@@ -19,6 +23,10 @@ __all__ = [
     "ConcatLinear",
     "ConcatSquashLinear",
     "DATASETS",
+    "EnergyModel",
+    "EnergyNet",
+    "KdV",
+    "PhysicsConfig",
     "ODENet",
     "Splits",
     "choose_gradient",
@@ -26,5 +34,7 @@ __all__ = [
     "load",
     "load_checkpoint",
     "parse_bytes",
+    "simulate",
+    "train_physics",
     "train_cnf",
 ]

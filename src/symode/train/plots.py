@@ -61,3 +61,40 @@ def plot_cnf(model: CNF, data: Splits, config: Any, directory: Path, grid: int =
     plt.close(fig)
     written.append("samples.png")
     return written
+
+
+def plot_physics(times, true, predicted, learned_energy, true_energy, directory: Path) -> list[str]:
+    """``trajectory.png`` (the true and predicted held-out trajectory and their difference, in
+    space-time) and ``energy.png`` (the learned energy along the model's rollout, the true energy
+    along the true trajectory); an empty list without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.5), sharey=True)
+    extent = (0.0, float(true.shape[-1]), float(times[0]), float(times[-1]))
+    for ax, image, title in (
+        (axes[0], true, "true"),
+        (axes[1], predicted, "predicted"),
+        (axes[2], predicted - true, "predicted - true"),
+    ):
+        shown = ax.imshow(image.detach().cpu().numpy(), origin="lower", aspect="auto", extent=extent, cmap="RdBu_r")
+        ax.set_title(title)
+        ax.set_xlabel("grid point")
+        fig.colorbar(shown, ax=ax)
+    axes[0].set_ylabel("t")
+    fig.savefig(directory / "trajectory.png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    t = times.cpu().numpy()
+    ax.plot(t, (learned_energy - learned_energy[0]).cpu().numpy(), label="learned H along the model's rollout")
+    ax.plot(t, (true_energy - true_energy[0]).cpu().numpy(), "--", label="true H along the true trajectory")
+    ax.set_xlabel("t")
+    ax.set_ylabel("H(t) - H(0)")
+    ax.legend()
+    fig.savefig(directory / "energy.png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return ["trajectory.png", "energy.png"]
