@@ -43,7 +43,7 @@ class PhysicsConfig:
     method: str = "dopri8"
     rtol: float = 1e-6
     atol: float = 1e-8
-    iterations: int = 300
+    iterations: int = 200
     batch_size: int = 32
     lr: float = 1e-2
     hidden: int = 64
