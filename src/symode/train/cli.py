@@ -47,15 +47,7 @@ def add_train_parser(sub: Any) -> None:
         "that fits",
     )
     c.add_argument("--memory-budget", default=None, help="with --gradient auto: the memory to fit, e.g. 2GiB")
-    c.add_argument(
-        "--method", default=defaults.method, choices=sorted(TABLEAUS), help="the solver (default %(default)s)"
-    )
-    c.add_argument("--rtol", type=float, default=defaults.rtol)
-    c.add_argument("--atol", type=float, default=defaults.atol)
-    c.add_argument("--iterations", type=int, default=defaults.iterations)
-    c.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    c.add_argument("--lr", type=float, default=defaults.lr)
-    c.add_argument("--seed", type=int, default=defaults.seed)
+    _solve_and_optimise(c, defaults)
     c.add_argument("--hidden", type=_sizes, default=defaults.hidden, help="layer widths, e.g. 64,64,64")
     c.add_argument("--blocks", type=int, default=defaults.blocks, help="stacked CNF blocks")
     c.add_argument("--layer", default=defaults.layer, choices=("concatsquash", "concat"))
@@ -88,21 +80,26 @@ def _add_physics_parser(workflows: Any) -> None:
         "metrics.json, model.pt and plots to --out.",
     )
     k.add_argument("--gradient", default=defaults.gradient, help="the gradient method (default %(default)s)")
-    k.add_argument(
-        "--method", default=defaults.method, choices=sorted(TABLEAUS), help="the solver (default %(default)s)"
-    )
-    k.add_argument("--rtol", type=float, default=defaults.rtol)
-    k.add_argument("--atol", type=float, default=defaults.atol)
-    k.add_argument("--iterations", type=int, default=defaults.iterations)
-    k.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    k.add_argument("--lr", type=float, default=defaults.lr)
+    _solve_and_optimise(k, defaults)
     k.add_argument("--hidden", type=int, default=defaults.hidden)
     k.add_argument("--trajectories", type=int, default=defaults.trajectories, help="training trajectories")
-    k.add_argument("--seed", type=int, default=defaults.seed)
     k.add_argument("--eval-every", type=int, default=defaults.eval_every)
     k.add_argument("--no-plots", action="store_true")
     k.add_argument("--out", default=None)
     k.add_argument("--quiet", action="store_true")
+
+
+def _solve_and_optimise(parser: argparse.ArgumentParser, defaults: Any) -> None:
+    """The options every workflow shares: the solver, its tolerances, the optimisation."""
+    parser.add_argument(
+        "--method", default=defaults.method, choices=sorted(TABLEAUS), help="the solver (default %(default)s)"
+    )
+    parser.add_argument("--rtol", type=float, default=defaults.rtol)
+    parser.add_argument("--atol", type=float, default=defaults.atol)
+    parser.add_argument("--iterations", type=int, default=defaults.iterations)
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    parser.add_argument("--lr", type=float, default=defaults.lr)
+    parser.add_argument("--seed", type=int, default=defaults.seed)
 
 
 def run_train(args: argparse.Namespace) -> int:
