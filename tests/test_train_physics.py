@@ -12,7 +12,7 @@ import torch
 
 import symode
 from symode.bench.cli import main
-from symode.train import EnergyModel, EnergyNet, KdV, PhysicsConfig, simulate, train_physics
+from symode.train import CahnHilliard, EnergyModel, EnergyNet, KdV, PhysicsConfig, simulate, train_physics
 from symode.train.physics import relative_drift
 
 
@@ -91,3 +91,37 @@ def test_training_lowers_the_loss_and_the_command_writes_its_outputs(tmp_path):
     written = json.loads((out / "metrics.json").read_text())
     assert written["untrained_rollout_mse"] > 0 and written["peak_memory_bytes"] > 0
     assert (out / "model.pt").exists()
+
+
+def test_cahn_hilliard_dissipates_energy_and_keeps_mass():
+    """The simulator's energy decreases at every snapshot and its mass is kept; any learned
+    energy decreases along the model's own rollout (the Laplacian is negative semidefinite)."""
+    pde = CahnHilliard()
+    _, u = simulate(pde, 2, seed=4)
+    for trajectory in u:
+        energy = pde.energy(trajectory)
+        assert bool((torch.diff(energy) < 0).all()) and float(energy[0] - energy[-1]) > 0.1
+        assert relative_drift(trajectory.sum(-1) + 100.0) < 1e-13  # mass (offset: the mean is 0)
+    eigenvalues = torch.linalg.eigvalsh(pde.operator())
+    assert float(eigenvalues.max()) < 1e-9  # negative semidefinite
+    torch.manual_seed(0)
+    model = EnergyModel(EnergyNet(pde.dx, 16), pde.operator()).double()
+    with torch.no_grad():
+        ys = symode.solve(
+            model,
+            u[:, 0],
+            torch.linspace(0, 2, 11, dtype=torch.float64),
+            method="dopri8",
+            steps=symode.AdaptiveSteps(rtol=1e-10, atol=1e-10),
+        ).ys
+        energies = torch.stack([model.energy(y) for y in ys])
+    assert bool((torch.diff(energies, dim=0) <= 1e-9 * energies.abs().max()).all())
+
+
+def test_cahn_hilliard_command(tmp_path):
+    out = tmp_path / "ch"
+    argv = ["train", "cahn-hilliard", "--iterations", "2", "--trajectories", "2", "--hidden", "8", "--out", str(out)]
+    assert main([*argv, "--quiet", "--no-plots"]) == 0
+    written = json.loads((out / "metrics.json").read_text())
+    assert written["config"]["system"] == "cahn-hilliard"
+    assert written["learned_energy_largest_relative_rise"] <= 1e-6

@@ -15,11 +15,12 @@ from .cnf import CNF, CNFBlock, ConcatLinear, ConcatSquashLinear, ODENet
 from .data import DATASETS, Splits, load
 from .latent import LatentConfig, LatentODE, spirals, train_latent_ode
 from .loop import CNFConfig, evaluate_nll, load_checkpoint, train_cnf
-from .physics import EnergyModel, EnergyNet, KdV, simulate
+from .physics import CahnHilliard, EnergyModel, EnergyNet, KdV, simulate
 from .physics_loop import PhysicsConfig, train_physics
 
 __all__ = [
     "CNF",
+    "CahnHilliard",
     "CNFBlock",
     "CNFConfig",
     "Choice",

@@ -18,7 +18,8 @@ weights: the structure is in the model, not learned.
 
 :func:`simulate` makes the data: soliton initial conditions (two solitons
 ``2 k^2 sech^2(k (x - d))`` of random speeds and places, seeded) solved by dopri8 at
-``rtol = atol = 1e-10``.
+``rtol = atol = 1e-10``. :class:`CahnHilliard` is the same construction with the discrete
+Laplacian for ``G`` (dissipative) and the double-well energy.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import torch
 
 import symode
 
-__all__ = ["KdV", "EnergyNet", "EnergyModel", "simulate"]
+__all__ = ["CahnHilliard", "KdV", "EnergyNet", "EnergyModel", "simulate"]
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,7 @@ class KdV:
 
     n: int = 50
     length: float = 10.0
+    t_end: float = 2.0
 
     @property
     def dx(self) -> float:
@@ -77,14 +79,62 @@ class KdV:
         return u
 
 
+@dataclass(frozen=True)
+class CahnHilliard:
+    """The discretised Cahn-Hilliard equation ``u_t = (u^3 - u - gamma u_xx)_xx`` on ``n`` points of
+    a periodic interval of ``length``: ``du/dt = G grad H_d(u)`` with ``H_d(u) = dx sum_i
+    ((u_i^2 - 1)^2 / 4 + gamma ((u_{i+1} - u_i) / dx)^2 / 2)`` and ``G`` the discrete Laplacian over
+    ``dx``, symmetric negative semidefinite: ``H_d`` decreases and the mass ``sum u`` is kept.
+    The default grid is coarse (``dx = 0.5``, ``gamma = 1``) so that an explicit method takes
+    moderate steps (the fourth-order term is stiff on fine grids)."""
+
+    n: int = 40
+    length: float = 20.0
+    gamma: float = 1.0
+    t_end: float = 10.0
+
+    @property
+    def dx(self) -> float:
+        return self.length / self.n
+
+    @property
+    def grid(self) -> torch.Tensor:
+        return torch.arange(self.n, dtype=torch.float64) * self.dx
+
+    def operator(self, dtype=torch.float64) -> torch.Tensor:
+        """``G``: the discrete Laplacian over ``dx`` (an ``n x n`` matrix)."""
+        eye = torch.eye(self.n, dtype=dtype)
+        lap = (torch.roll(eye, 1, dims=1) - 2 * eye + torch.roll(eye, -1, dims=1)) / self.dx**2
+        return lap / self.dx
+
+    def _lap(self, u: torch.Tensor) -> torch.Tensor:
+        return (torch.roll(u, -1, -1) - 2 * u + torch.roll(u, 1, -1)) / self.dx**2
+
+    def energy(self, u: torch.Tensor) -> torch.Tensor:
+        ux = (torch.roll(u, -1, -1) - u) / self.dx
+        return self.dx * (0.25 * (u.pow(2) - 1).pow(2) + 0.5 * self.gamma * ux.pow(2)).sum(-1)
+
+    def field(self, t: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        return self._lap(u.pow(3) - u - self.gamma * self._lap(u))
+
+    def initial(self, generator: torch.Generator) -> torch.Tensor:
+        """A random smooth state of mean 0: five Fourier modes, amplitudes ``0.3 / k``."""
+        x = self.grid
+        u = torch.zeros(self.n, dtype=torch.float64)
+        for k in range(1, 6):
+            a, b = (0.3 / k * torch.randn(2, generator=generator, dtype=torch.float64)).tolist()
+            u = u + a * torch.cos(2 * math.pi * k * x / self.length) + b * torch.sin(2 * math.pi * k * x / self.length)
+        return u
+
+
 def simulate(
-    pde: KdV, trajectories: int, *, t_end: float = 2.0, snapshots: int = 21, seed: int = 0
+    pde: KdV | CahnHilliard, trajectories: int, *, snapshots: int = 21, seed: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(times, u)``: ``u[j, k]`` the state of trajectory ``j`` at ``times[k]`` (float64), from
-    seeded soliton initial conditions, solved by dopri8 at 1e-10."""
+    seeded initial conditions over ``[0, pde.t_end]``, solved by dopri8 at 1e-10."""
     generator = torch.Generator().manual_seed(seed)
     u0 = torch.stack([pde.initial(generator) for _ in range(trajectories)])
-    times = torch.linspace(0.0, t_end, snapshots, dtype=torch.float64)
+    times = torch.linspace(0.0, pde.t_end, snapshots, dtype=torch.float64)
     with torch.no_grad():
         ys = symode.solve(pde.field, u0, times, method="dopri8", steps=symode.AdaptiveSteps(rtol=1e-10, atol=1e-10)).ys
     return times, _tensor(ys).transpose(0, 1)
@@ -119,7 +169,8 @@ class EnergyNet(torch.nn.Module):
 
 class EnergyModel(torch.nn.Module):
     """``du/dt = grad H_theta(u) G^T``: the learned energy's dynamics with the equation's own
-    operator ``G`` (skew-symmetric for KdV: ``H_theta`` is conserved)."""
+    operator ``G`` (skew-symmetric for KdV: ``H_theta`` is conserved; negative semidefinite for
+    Cahn-Hilliard: ``H_theta`` decreases), whatever the weights."""
 
     def __init__(self, energy: EnergyNet, operator: torch.Tensor):
         super().__init__()
