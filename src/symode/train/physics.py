@@ -34,13 +34,11 @@ import symode
 __all__ = ["CahnHilliard", "KdV", "EnergyNet", "EnergyModel", "simulate"]
 
 
-@dataclass(frozen=True)
-class KdV:
-    """The discretised KdV equation on ``n`` points of a periodic interval of ``length``."""
+class _PeriodicGrid:
+    """``n`` points of a periodic interval of ``length``: the spacing and the points."""
 
-    n: int = 50
-    length: float = 10.0
-    t_end: float = 2.0
+    n: int
+    length: float
 
     @property
     def dx(self) -> float:
@@ -49,6 +47,15 @@ class KdV:
     @property
     def grid(self) -> torch.Tensor:
         return torch.arange(self.n, dtype=torch.float64) * self.dx
+
+
+@dataclass(frozen=True)
+class KdV(_PeriodicGrid):
+    """The discretised KdV equation on ``n`` points of a periodic interval of ``length``."""
+
+    n: int = 50
+    length: float = 10.0
+    t_end: float = 2.0
 
     def operator(self, dtype=torch.float64) -> torch.Tensor:
         """``G = D / dx``: the central difference over ``dx``, skew-symmetric (an ``n x n`` matrix)."""
@@ -80,7 +87,7 @@ class KdV:
 
 
 @dataclass(frozen=True)
-class CahnHilliard:
+class CahnHilliard(_PeriodicGrid):
     """The discretised Cahn-Hilliard equation ``u_t = (u^3 - u - gamma u_xx)_xx`` on ``n`` points of
     a periodic interval of ``length``: ``du/dt = G grad H_d(u)`` with ``H_d(u) = dx sum_i
     ((u_i^2 - 1)^2 / 4 + gamma ((u_{i+1} - u_i) / dx)^2 / 2)`` and ``G`` the discrete Laplacian over
@@ -92,14 +99,6 @@ class CahnHilliard:
     length: float = 20.0
     gamma: float = 1.0
     t_end: float = 10.0
-
-    @property
-    def dx(self) -> float:
-        return self.length / self.n
-
-    @property
-    def grid(self) -> torch.Tensor:
-        return torch.arange(self.n, dtype=torch.float64) * self.dx
 
     def operator(self, dtype=torch.float64) -> torch.Tensor:
         """``G``: the discrete Laplacian over ``dx`` (an ``n x n`` matrix)."""
