@@ -86,3 +86,29 @@ def test_training_on_two_processes(tmp_path):
         assert torch.equal(a, b)
     assert first["metrics"]["processes"] == 2 and second["metrics"] == {}
     assert (tmp_path / "run" / "metrics.json").exists()
+
+
+def _workflow_worker(rank, size, port, directory, workflow):
+    _environment(rank, size, port)
+    from symode.train import LatentConfig, PhysicsConfig, train_latent_ode, train_physics
+
+    if workflow == "kdv":
+        config = PhysicsConfig(iterations=2, batch_size=4, trajectories=2, test_trajectories=1, hidden=8, plots=False)
+        model, metrics = train_physics(config, os.path.join(directory, "run"), quiet=True)
+    else:
+        latent = LatentConfig(iterations=2, batch_size=8, samples=16, times=20, eval_every=1)
+        model, metrics = train_latent_ode(latent, os.path.join(directory, "run"), quiet=True)
+    params = [p.detach().clone() for p in model.parameters()]
+    torch.save({"params": params, "metrics": metrics}, os.path.join(directory, f"{rank}.pt"))
+
+
+@pytest.mark.parametrize("workflow", ["kdv", "latent-ode"])
+def test_the_other_workflows_on_two_processes(workflow, tmp_path):
+    """symode train kdv and latent-ode under two processes: one DDP forward per iteration (the
+    loss around the solve), the replicas stay equal, rank 0 writes the metrics."""
+    mp.spawn(_workflow_worker, args=(2, _free_port(), str(tmp_path), workflow), nprocs=2, join=True)
+    first, second = (torch.load(tmp_path / f"{r}.pt", weights_only=True) for r in range(2))
+    for a, b in zip(first["params"], second["params"]):
+        assert torch.equal(a, b)
+    assert first["metrics"]["processes"] == 2 and second["metrics"] == {}
+    assert (tmp_path / "run" / "metrics.json").exists()

@@ -25,11 +25,25 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["World", "join", "shard"]
+__all__ = ["Objective", "World", "join", "shard"]
+
+
+class Objective(torch.nn.Module):
+    """``loss(model, *args)`` as a module, so that ``DistributedDataParallel`` sees one forward
+    pass per iteration (the solve inside it calls ``model`` many times, and the gradient methods
+    call it again in their backward passes: the model itself is not wrapped)."""
+
+    def __init__(self, model: torch.nn.Module, loss: Any):
+        super().__init__()
+        self.model, self.loss = model, loss
+
+    def forward(self, *args: Any) -> Any:
+        return self.loss(self.model, *args)
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ import torch
 
 import symode
 
+from .distributed import Objective, World, join, shard
 from .progress import Progress
 
 __all__ = ["LatentConfig", "LatentODE", "spirals", "train_latent_ode"]
@@ -137,7 +138,16 @@ def interpolation_error(model: LatentODE, t, x, mask, config: LatentConfig) -> f
 def train_latent_ode(
     config: LatentConfig, out: str | Path | None = None, *, stream: TextIO | None = None, quiet: bool = False
 ) -> tuple[LatentODE, dict[str, Any]]:
-    """Train the latent ODE; returns the model and the metrics (and writes ``out/metrics.json``)."""
+    """Train the latent ODE; returns the model and the metrics (and writes ``out/metrics.json``);
+    under torchrun, rank 0's (the others return ``{}``)."""
+    world = join("cpu")
+    try:
+        return _train(config, out, world, stream, quiet)
+    finally:
+        world.leave()
+
+
+def _train(config: LatentConfig, out, world: World, stream, quiet: bool) -> tuple[LatentODE, dict[str, Any]]:
     t, x, mask = spirals(config.samples + 128, times=config.times, seed=config.seed)
     train, test = slice(0, config.samples), slice(config.samples, None)
     torch.manual_seed(config.seed)
@@ -145,26 +155,31 @@ def train_latent_ode(
     untrained = interpolation_error(model, t, x[test], mask[test], config)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, config.iterations)
-    batches, noise = torch.Generator().manual_seed(config.seed), torch.Generator().manual_seed(config.seed + 1)
-    progress = Progress(config.iterations, stream=stream, quiet=quiet, label="latent-ode")
+    batches = torch.Generator().manual_seed(config.seed)  # the same global batches on every rank
+    noise = torch.Generator().manual_seed(config.seed + 1 + world.rank)  # the posterior samples, per rank
+    progress = Progress(config.iterations, stream=stream, quiet=quiet or not world.main, label="latent-ode")
+    objective = world.wrap(Objective(model, _elbo_loss))
     losses, seconds, steps_seen, history = [], [], [], []
     for i in range(1, config.iterations + 1):
         start = time.perf_counter()
-        index = torch.randint(config.samples, (config.batch_size,), generator=batches)
-        loss, steps = _elbo_loss(model, t, x[train][index], mask[train][index], config, noise)
+        index = shard(torch.randint(config.samples, (config.batch_size,), generator=batches), world)
+        loss, steps = objective(t, x[train][index], mask[train][index], config, noise)
         optimizer.zero_grad()
-        loss.backward()
+        loss.backward()  # with several processes, DDP averages the gradients here
         optimizer.step()
         schedule.step()
         seconds.append(time.perf_counter() - start)
-        losses.append(float(loss.detach()))
+        losses.append(world.mean(float(loss.detach())))
         steps_seen.append(steps)
-        if config.eval_every and (i % config.eval_every == 0 or i == config.iterations):
+        if world.main and config.eval_every and (i % config.eval_every == 0 or i == config.iterations):
             error = interpolation_error(model, t, x[test], mask[test], config)
             history.append([i, error])
             progress.note(f"iteration {i}: held-out interpolation error {error:.4f} (untrained {untrained:.4f})")
         progress.update(i, loss=losses[-1], steps=steps)
     progress.close()
+    if not world.main:
+        world.barrier()
+        return model, {}
     trained = interpolation_error(model, t, x[test], mask[test], config)
     metrics = {
         "test_interpolation_mse": trained,
@@ -176,6 +191,7 @@ def train_latent_ode(
         "steps_per_solve_last_10": statistics.mean(steps_seen[-10:]),
         "output_times_per_solve": config.times,
         "config": dataclasses.asdict(config),
+        "processes": world.size,
         "torch": str(torch.__version__),
     }
     if out is not None:
@@ -183,4 +199,5 @@ def train_latent_ode(
         directory.mkdir(parents=True, exist_ok=True)
         torch.save(model.state_dict(), directory / "model.pt")
         (directory / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    world.barrier()
     return model, metrics

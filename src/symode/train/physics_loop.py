@@ -28,6 +28,7 @@ import torch
 import symode
 from symode.bench import peak_memory
 
+from .distributed import Objective, World, join, shard
 from .physics import CahnHilliard, EnergyModel, EnergyNet, KdV, relative_drift, rollout_error, simulate
 from .progress import Progress
 
@@ -71,7 +72,22 @@ def _solve_options(config: PhysicsConfig) -> dict[str, Any]:
 def train_physics(
     config: PhysicsConfig, out: str | Path | None = None, *, stream: TextIO | None = None, quiet: bool = False
 ) -> tuple[EnergyModel, dict[str, Any]]:
-    """Train the energy-based model of ``config.system``; returns it and the metrics."""
+    """Train the energy-based model of ``config.system``; returns it and the metrics (rank 0's,
+    under torchrun: the others return ``{}``)."""
+    world = join("cpu")
+    try:
+        return _train(config, out, world, stream, quiet)
+    finally:
+        world.leave()
+
+
+def _pair_loss(model: EnergyModel, start: torch.Tensor, end: torch.Tensor, gap: torch.Tensor, config: PhysicsConfig):
+    """The squared error of the model's solve from ``start`` to the snapshots ``end``."""
+    sol = symode.solve(model, start, gap, gradient=config.gradient, **_solve_options(config))
+    return (sol.ys[-1] - end).pow(2).mean(), sol.stats.num_accepted
+
+
+def _train(config: PhysicsConfig, out, world: World, stream, quiet: bool) -> tuple[EnergyModel, dict[str, Any]]:
     pde = KdV() if config.system == "kdv" else CahnHilliard()
     times, u = simulate(pde, config.trajectories + config.test_trajectories, seed=config.seed)
     train, test = u[: config.trajectories], u[config.trajectories :]
@@ -84,34 +100,38 @@ def train_physics(
     first, second = train[:, :-1].reshape(-1, pde.n), train[:, 1:].reshape(-1, pde.n)
     gap = torch.stack([torch.zeros((), dtype=torch.float64), times[1] - times[0]])
     batches = torch.Generator().manual_seed(config.seed)
-    progress = Progress(config.iterations, stream=stream, quiet=quiet, label=config.system)
+    progress = Progress(config.iterations, stream=stream, quiet=quiet or not world.main, label=config.system)
     history: dict[str, list[Any]] = {"loss": [], "steps": [], "seconds": [], "rollout": []}
+    objective = world.wrap(Objective(model, _pair_loss))
 
     def loss_of(index: torch.Tensor) -> tuple[torch.Tensor, int]:
-        sol = symode.solve(model, first[index], gap, gradient=config.gradient, **options)
-        return (sol.ys[-1] - second[index]).pow(2).mean(), sol.stats.num_accepted
+        return objective(first[index], second[index], gap, config)
 
     for i in range(1, config.iterations + 1):
         start = time.perf_counter()
-        index = torch.randint(len(first), (config.batch_size,), generator=batches)
+        index = shard(torch.randint(len(first), (config.batch_size,), generator=batches), world)
         loss, steps = loss_of(index)
         optimizer.zero_grad()
-        loss.backward()
+        loss.backward()  # with several processes, DDP averages the gradients here
         optimizer.step()
         schedule.step()
         history["seconds"].append(time.perf_counter() - start)
-        history["loss"].append(float(loss.detach()))
+        history["loss"].append(world.mean(float(loss.detach())))
         history["steps"].append(steps)
-        if config.eval_every and (i % config.eval_every == 0 or i == config.iterations):
+        if world.main and config.eval_every and (i % config.eval_every == 0 or i == config.iterations):
             error = rollout_error(model, times, test, **options)
             history["rollout"].append([i, error])
             progress.note(f"iteration {i}: held-out rollout error {error:.3e} (untrained {untrained:.3e})")
         progress.update(i, loss=history["loss"][-1], steps=steps)
     progress.close()
+    if not world.main:
+        world.barrier()
+        return model, {}
     trained = rollout_error(model, times, test, **options)
 
     def iteration() -> None:
-        loss_of(torch.arange(config.batch_size) % len(first))[0].backward()
+        index = torch.arange(config.batch_size) % len(first)
+        _pair_loss(model, first[index], second[index], gap, config)[0].backward()
         model.zero_grad()
 
     with torch.no_grad():
@@ -134,6 +154,7 @@ def train_physics(
         "time_per_iteration_s": statistics.median(history["seconds"]),
         "steps_per_solve_last_10": statistics.mean(history["steps"][-10:]),
         "config": dataclasses.asdict(config),
+        "processes": world.size,
         "torch": str(torch.__version__),
     }
     if out is not None:
@@ -145,4 +166,5 @@ def train_physics(
             from .plots import plot_physics
 
             metrics["plots"] = plot_physics(times, test[0], predicted[0], learned[:, 0], pde.energy(test[0]), directory)
+    world.barrier()
     return model, metrics
