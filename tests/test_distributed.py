@@ -4,6 +4,7 @@ Truth: the one-process gradient on the combined batch. With fixed steps the rank
 gradient equals it to round-off, for backprop and the symplectic adjoint.
 """
 
+import json
 import os
 import socket
 
@@ -112,3 +113,25 @@ def test_the_other_workflows_on_two_processes(workflow, tmp_path):
         assert torch.equal(a, b)
     assert first["metrics"]["processes"] == 2 and second["metrics"] == {}
     assert (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_torchrun_runs_a_training_command(tmp_path):
+    """The documented recipe itself: ``torchrun --nproc_per_node=2 -m symode train kdv ...``."""
+    import shutil
+    import subprocess
+    import sys
+
+    if shutil.which("torchrun") is None:
+        pytest.skip("torchrun is not on PATH")
+    out = tmp_path / "run"
+    command = ["torchrun", "--nproc_per_node=2", "-m", "symode", "train", "kdv", "--iterations", "2"]
+    command += ["--trajectories", "2", "--hidden", "8", "--no-plots", "--quiet", "--out", str(out)]
+    result = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads((out / "metrics.json").read_text())["processes"] == 2

@@ -147,9 +147,9 @@ def run_train(args: argparse.Namespace) -> int:
             **{k: v for k, v in vars(args).items() if k in {f.name for f in dataclasses.fields(LatentConfig)}}
         )
         _, found = train_latent_ode(latent, args.out, quiet=args.quiet)
-        print(
-            json.dumps({k: found[k] for k in ("test_interpolation_mse", "untrained_interpolation_mse", "improvement")})
-        )
+        latent_keys = ("test_interpolation_mse", "untrained_interpolation_mse", "improvement")
+        if found:  # rank 0 of several processes, or the only one
+            print(json.dumps({k: found[k] for k in latent_keys}))
         return 0
     if args.workflow in ("kdv", "cahn-hilliard"):
         names = {f.name for f in dataclasses.fields(PhysicsConfig)}
@@ -158,7 +158,8 @@ def run_train(args: argparse.Namespace) -> int:
         _, result = train_physics(physics, args.out, quiet=args.quiet)
         keys = ["test_rollout_mse", "untrained_rollout_mse", "improvement", "learned_energy_relative_drift"]
         keys.append("learned_energy_largest_relative_rise")
-        print(json.dumps({k: result[k] for k in keys}))
+        if result:  # rank 0 of several processes, or the only one
+            print(json.dumps({k: result[k] for k in keys}))
         return 0
     fields = {f.name for f in dataclasses.fields(CNFConfig)}
     values = {k: v for k, v in vars(args).items() if k in fields}
