@@ -167,7 +167,8 @@ class CNF(torch.nn.Module):
             block = self._block(k)
             kept = block.trace
             block.trace = trace or kept
-            block.noise = torch.randn(z.shape, generator=generator, dtype=z.dtype).to(z.device)
+            # drawn in float64 whatever the dtype: a float32 and a float64 model see the same noise
+            block.noise = torch.randn(z.shape, generator=generator, dtype=torch.float64).to(z.device, z.dtype)
             zero = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
             state = (z, zero, zero, zero) if block.regularise else (z, zero)
             end = self.log_time[k].exp().to(x.dtype)
