@@ -45,3 +45,12 @@ def test_training_lowers_the_held_out_error_and_the_command_writes_metrics(tmp_p
     argv = ["train", "latent-ode", "--iterations", "2", "--samples", "16", "--batch-size", "8", "--times", "20"]
     assert main([*argv, "--out", str(out), "--quiet"]) == 0
     assert json.loads((out / "metrics.json").read_text())["output_times_per_solve"] == 20
+
+
+def test_bad_configuration():
+    import pytest
+
+    with pytest.raises(ValueError, match="iterations must be a positive int"):
+        LatentConfig(iterations=0)
+    with pytest.raises(ValueError, match="must not exceed samples"):
+        LatentConfig(samples=8, batch_size=16)

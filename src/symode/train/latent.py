@@ -27,6 +27,7 @@ import torch
 
 import symode
 
+from ._common import check_positive, solve_options
 from .distributed import Objective, World, join, shard
 from .progress import Progress
 
@@ -108,15 +109,16 @@ class LatentConfig:
     eval_every: int = 100
     noise_std: float = 0.1
 
-
-def _solve_options(config: LatentConfig) -> dict[str, Any]:
-    return {"method": config.method, "steps": symode.AdaptiveSteps(rtol=config.rtol, atol=config.atol)}
+    def __post_init__(self) -> None:
+        check_positive(self, "iterations", "batch_size", "samples", "times")
+        if self.batch_size > self.samples:
+            raise ValueError(f"batch_size ({self.batch_size}) must not exceed samples ({self.samples})")
 
 
 def _elbo_loss(model: LatentODE, t, x, mask, config: LatentConfig, generator) -> tuple[torch.Tensor, int]:
     mean, log_var = model.encode(t, x, mask)
     z0 = mean + torch.randn(mean.shape, generator=generator) * (0.5 * log_var).exp()
-    sol = symode.solve(model, z0, t.to(z0.dtype), gradient=config.gradient, **_solve_options(config))
+    sol = symode.solve(model, z0, t.to(z0.dtype), gradient=config.gradient, **solve_options(config))
     zs = sol.ys
     assert isinstance(zs, torch.Tensor)
     x_hat = model.decoder(zs.transpose(0, 1))
@@ -130,7 +132,7 @@ def interpolation_error(model: LatentODE, t, x, mask, config: LatentConfig) -> f
     """The mean squared error at the unobserved times, from the posterior mean."""
     with torch.no_grad():
         mean, _ = model.encode(t, x, mask)
-        x_hat = model.decoder(model.trajectory(mean, t, **_solve_options(config)))
+        x_hat = model.decoder(model.trajectory(mean, t, **solve_options(config)))
     hidden = (~mask).unsqueeze(-1).expand_as(x)
     return float((x_hat - x)[hidden].pow(2).mean())
 

@@ -26,6 +26,7 @@ import torch
 import symode
 from symode.bench import peak_memory
 
+from ._common import check_positive, solve_options
 from .choose import choose_gradient
 from .cnf import CNF
 from .data import Splits, load
@@ -72,10 +73,7 @@ class CNFConfig:
     def __post_init__(self) -> None:
         if self.dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {self.dtype!r}")
-        for name in ("iterations", "batch_size", "eval_size", "blocks"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        check_positive(self, "iterations", "batch_size", "eval_size", "blocks")
         self.hidden = tuple(int(h) for h in self.hidden)
         if (self.gradient == "auto") != (self.memory_budget is not None):
             raise ValueError(
@@ -100,10 +98,6 @@ def _model(config: CNFConfig, dim: int, device: str) -> CNF:
     return model.to(device=device, dtype=_DTYPES[config.dtype])
 
 
-def _solve_options(config: CNFConfig) -> dict[str, Any]:
-    return {"method": config.method, "steps": symode.AdaptiveSteps(rtol=config.rtol, atol=config.atol)}
-
-
 def evaluate_nll(model: CNF, x: torch.Tensor, config: CNFConfig, batch: int = 1000) -> float:
     """The mean negative log-likelihood of ``x`` in nats: the exact trace up to 8 dimensions,
     else Hutchinson's estimate with a fixed seed."""
@@ -113,7 +107,7 @@ def evaluate_nll(model: CNF, x: torch.Tensor, config: CNFConfig, batch: int = 10
     with torch.no_grad():
         for chunk in x.split(batch):
             chunk = chunk.to(model.log_time.device)
-            log_p, _, _ = model.log_prob(chunk, generator=generator, trace=trace, **_solve_options(config))
+            log_p, _, _ = model.log_prob(chunk, generator=generator, trace=trace, **solve_options(config))
             total += float(log_p.sum())
     return -total / len(x)
 
@@ -143,9 +137,9 @@ class _Run:
         block.noise = torch.randn(batch.shape, generator=torch.Generator().manual_seed(0), dtype=batch.dtype)
         end = self.model.log_time[0].detach().exp()
         t = torch.stack([torch.zeros_like(end), end])
+        options = solve_options(c)
         with torch.no_grad():
-            probe = symode.solve(block, state, t, **_solve_options(c)).stats.num_accepted
-        options = _solve_options(c)
+            probe = symode.solve(block, state, t, **options).stats.num_accepted
         device = None if self.world.device == "cpu" else self.world.device
         assert c.memory_budget is not None  # checked by CNFConfig
         choice = choose_gradient(
@@ -155,7 +149,7 @@ class _Run:
 
     def loss(self, x: torch.Tensor) -> tuple[torch.Tensor, int]:
         c = self.config
-        log_p, regs, stats = self.trained(x, gradient=self.gradient, generator=self.noise, **_solve_options(c))
+        log_p, regs, stats = self.trained(x, gradient=self.gradient, generator=self.noise, **solve_options(c))
         loss = -log_p.mean() + c.kinetic * regs[0].mean() + c.jacobian * regs[1].mean()
         return loss, sum(s.num_accepted for s in stats)
 
@@ -275,7 +269,7 @@ def _metrics(run: _Run, data: Splits) -> dict[str, Any]:
 
     def iteration() -> None:
         generator = torch.Generator().manual_seed(0)
-        log_p, _, _ = run.model.log_prob(x, gradient=run.gradient, generator=generator, **_solve_options(config))
+        log_p, _, _ = run.model.log_prob(x, gradient=run.gradient, generator=generator, **solve_options(config))
         (-log_p.mean()).backward()
         run.model.zero_grad()
 

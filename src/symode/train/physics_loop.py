@@ -28,6 +28,7 @@ import torch
 import symode
 from symode.bench import peak_memory
 
+from ._common import check_positive, solve_options
 from .distributed import Objective, World, join, shard
 from .physics import CahnHilliard, EnergyModel, EnergyNet, KdV, relative_drift, rollout_error, simulate
 from .progress import Progress
@@ -59,14 +60,7 @@ class PhysicsConfig:
     def __post_init__(self) -> None:
         if self.system not in SYSTEMS:
             raise ValueError(f"system must be one of {SYSTEMS}, got {self.system!r}")
-        for name in ("iterations", "batch_size", "hidden", "trajectories", "test_trajectories"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-
-
-def _solve_options(config: PhysicsConfig) -> dict[str, Any]:
-    return {"method": config.method, "steps": symode.AdaptiveSteps(rtol=config.rtol, atol=config.atol)}
+        check_positive(self, "iterations", "batch_size", "hidden", "trajectories", "test_trajectories")
 
 
 def train_physics(
@@ -83,7 +77,7 @@ def train_physics(
 
 def _pair_loss(model: EnergyModel, start: torch.Tensor, end: torch.Tensor, gap: torch.Tensor, config: PhysicsConfig):
     """The squared error of the model's solve from ``start`` to the snapshots ``end``."""
-    sol = symode.solve(model, start, gap, gradient=config.gradient, **_solve_options(config))
+    sol = symode.solve(model, start, gap, gradient=config.gradient, **solve_options(config))
     return (sol.ys[-1] - end).pow(2).mean(), sol.stats.num_accepted
 
 
@@ -93,7 +87,7 @@ def _train(config: PhysicsConfig, out, world: World, stream, quiet: bool) -> tup
     train, test = u[: config.trajectories], u[config.trajectories :]
     torch.manual_seed(config.seed)
     model = EnergyModel(EnergyNet(pde.dx, config.hidden), pde.operator()).double()
-    options = _solve_options(config)
+    options = solve_options(config)
     untrained = rollout_error(model, times, test, **options)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, config.iterations)
