@@ -195,7 +195,10 @@ TOL_UNITS_BOUND = 50.0
 # dopri8's outputs between steps come from its continuous extension of order 5 (not 8): with
 # its long steps that costs up to about 170 tolerance units here at rtol 1e-8, less at looser
 # tolerances (interpolate=False: below 50)
-TOL_UNITS_BOUND_BY_METHOD = {"fehlberg2": 3000.0, "dopri8": 250.0}
+# kvaerno5's outputs between steps come from the cubic Hermite interpolant (diffrax's choice for the
+# ESDIRK pairs too) within 5th-order steps: up to ~350 tolerance units at rtol 1e-8 on Lotka-Volterra
+# (interpolate=False: ~60, the unfiltered error estimate of a stiffly accurate pair on a non-stiff problem)
+TOL_UNITS_BOUND_BY_METHOD = {"fehlberg2": 3000.0, "dopri8": 250.0, "kvaerno5": 500.0}
 
 
 @pytest.mark.parametrize("problem", sorted(PROBLEMS))

@@ -17,6 +17,7 @@ from scipy.integrate import solve_ivp
 import symode
 from fields import Field
 from symode._dense import dense_terms, interpolate, interpolation_stages, interpolation_tableau
+from symode._implicit import implicit_step
 from symode._runge_kutta import rk_step
 from symode.gradients import GRADIENT_METHODS
 from test_tableau import gamma, trees_of_order
@@ -26,6 +27,16 @@ ADAPTIVE = sorted(name for name, tab in symode.TABLEAUS.items() if tab.adaptive)
 #: the order of each method's continuous extension (dopri5: Shampine's; tsit5: Tsitouras'; dopri8:
 #: symode's; the others: the cubic Hermite interpolant, of at most the method's order)
 DENSE_ORDER = {"adaptive_heun": 2, "fehlberg2": 2, "bosh3": 3, "dopri5": 4, "tsit5": 4, "dopri8": 5}
+DENSE_ORDER |= {"kvaerno3": 3, "kvaerno4": 3, "kvaerno5": 3}  # the cubic Hermite interpolant of the ESDIRKs
+
+
+def _step(f, tableau, *args, **kwargs):
+    """One step of ``tableau``: an implicit one solves its stages (to round-off, fixed-step settings)."""
+    if tableau.implicit:
+        return implicit_step(f, tableau, *args, newton=symode.Newton().settings(F64), **kwargs)
+    return rk_step(f, tableau, *args, **kwargs)
+
+
 EXACT = [m for name, cls in sorted(GRADIENT_METHODS.items()) if cls.exact for m in cls.configurations()]
 
 
@@ -64,7 +75,9 @@ def test_continuous_extension_is_fsal_and_meets_the_step(name):
     """Every interpolation tableau evaluates f(t_n+1, y_n+1) as its last stage (reused by the next
     step), the interpolant ends on y_n+1 and its slope there is f(t_n+1, y_n+1) (C1)."""
     tableau = interpolation_tableau(symode.TABLEAUS[name])
-    assert tableau.fsal and tableau.solution_stages == symode.TABLEAUS[name].solution_stages
+    # an implicit method's last stage is f(t_n+1, y_n+1) too: its first is explicit, its last stiffly accurate
+    last_is_f_at_the_end = tableau.implicit and tableau.stiffly_accurate and tableau.explicit_first_stage
+    assert (tableau.fsal or last_is_f_at_the_end) and tableau.solution_stages == symode.TABLEAUS[name].solution_stages
     values, slopes = dense_terms(tableau, 1.0)
     b = dict(values)
     assert all(abs(b.get(i, 0.0) - bi) < 1e-14 for i, bi in enumerate(tableau.b))
@@ -86,7 +99,7 @@ def test_interpolation_error_has_the_observed_order(name):
         return math.cos(t) * y
 
     def error(h):
-        _, _, ks, _ = rk_step(f, tableau, t0, t0 + h, y0)
+        _, _, ks, _ = _step(f, tableau, t0, t0 + h, y0)
         worst = 0.0
         for theta in (0.2, 0.37, 0.6, 0.85):
             y = interpolate(tableau, y0, h, theta, ks)
@@ -351,6 +364,8 @@ def test_dense_solution_agrees_with_the_interpolated_outputs(name):
     with torch.no_grad():
         f_ends = torch.stack([func(s, y) for s, y in zip(ends, sol.dense(ends))])
     tol = 1e-9 if name == "tsit5" else 1e-11  # Tsitouras' published digits
+    if symode.TABLEAUS[name].implicit:  # the last stage is f at the converged stage state: y_n+1 to Newton's tolerance
+        tol = 1e-6
     torch.testing.assert_close(sol.dense.derivative(ends).detach(), f_ends, rtol=tol, atol=tol)
     mid = torch.tensor([0.123, 0.777, 1.3], dtype=F64)
     eps = 1e-6

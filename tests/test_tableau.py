@@ -16,6 +16,7 @@ from functools import cache
 import numpy as np
 import pytest
 
+import symode
 from symode import TABLEAUS, ButcherTableau, get_tableau
 
 FSAL_METHODS = {"bosh3", "dopri5", "tsit5"}
@@ -162,7 +163,60 @@ EXPECTED_SHAPE = {  # name: (stages, order, error_order)
     "dopri5": (7, 5, 4),
     "tsit5": (7, 5, 4),
     "dopri8": (13, 8, 7),
+    # implicit (torchdiffeq's names where it has the method)
+    "implicit_euler": (1, 1, None),
+    "implicit_midpoint": (1, 2, None),
+    "trapezoid": (2, 2, None),
+    "sdirk2": (2, 2, None),
+    "trbdf2": (3, 2, None),
+    "kvaerno3": (4, 3, 2),
+    "kvaerno4": (5, 4, 3),
+    "kvaerno5": (7, 5, 4),
+    "gl4": (2, 4, None),
+    "gl6": (3, 6, None),
+    "radauIIA3": (2, 3, None),
+    "radauIIA5": (3, 5, None),
 }
+DIAGONALLY_IMPLICIT = {
+    "implicit_euler",
+    "implicit_midpoint",
+    "trapezoid",
+    "sdirk2",
+    "trbdf2",
+    "kvaerno3",
+    "kvaerno4",
+    "kvaerno5",
+}
+FULLY_IMPLICIT = {"gl4", "gl6", "radauIIA3", "radauIIA5"}
+STIFFLY_ACCURATE = {
+    "implicit_euler",
+    "trapezoid",
+    "sdirk2",
+    "trbdf2",
+    "kvaerno3",
+    "kvaerno4",
+    "kvaerno5",
+    "radauIIA3",
+    "radauIIA5",
+}
+
+
+@pytest.mark.parametrize("name,tableau", ALL, ids=[n for n, _ in ALL])
+def test_implicitness_is_read_from_a(name, tableau):
+    s = tableau.num_stages
+    on_or_above = any(tableau.a[i][j] != 0.0 for i in range(s) for j in range(i, s))
+    above = any(tableau.a[i][j] != 0.0 for i in range(s) for j in range(i + 1, s))
+    assert tableau.implicit == on_or_above == (name in DIAGONALLY_IMPLICIT | FULLY_IMPLICIT)
+    assert tableau.diagonally_implicit == (on_or_above and not above) == (name in DIAGONALLY_IMPLICIT)
+    if tableau.implicit:
+        assert tableau.stiffly_accurate == (name in STIFFLY_ACCURATE)
+        assert not tableau.fsal  # an implicit step returns its own last stage: nothing is carried over
+
+
+def test_a_stage_equation_the_user_gives_makes_the_tableau_implicit():
+    t = ButcherTableau("theta", c=(0, 1), a=((0, 0), (0.5, 0.5)), b=(0.5, 0.5), order=2)
+    assert t.implicit and t.diagonally_implicit and t.stiffly_accurate and t.explicit_first_stage
+    assert t.solution_stages == (0, 1)
 
 
 def test_catalogue_contents():
@@ -172,6 +226,7 @@ def test_catalogue_contents():
         assert (tableau.num_stages, tableau.order, tableau.error_order) == EXPECTED_SHAPE[name], name
         assert tableau.adaptive == (tableau.error_order is not None)
         assert tableau.name == ("heun" if name == "heun2" else name)
+        assert symode.get_tableau(name.lower()) is tableau  # names are case-insensitive
         assert tableau.doc, f"{name} has no literature note"
     assert TABLEAUS["heun2"] is TABLEAUS["heun"]
 
@@ -220,7 +275,7 @@ def _expected_fsal(t: ButcherTableau) -> bool:
 @pytest.mark.parametrize("name,tableau", ALL, ids=[n for n, _ in ALL])
 def test_fsal(name, tableau):
     assert tableau.fsal == (name in FSAL_METHODS)
-    assert tableau.fsal == _expected_fsal(tableau)
+    assert tableau.fsal == (_expected_fsal(tableau) and not tableau.implicit)
 
 
 def test_fsal_needs_last_row_equal_to_b():
@@ -248,6 +303,9 @@ def _reachable_stages(t: ButcherTableau) -> tuple[int, ...]:
 @pytest.mark.parametrize("name,tableau", ALL, ids=[n for n, _ in ALL])
 def test_solution_stages(name, tableau):
     s = tableau.num_stages
+    if tableau.implicit:  # the stages are solved together: each one counts
+        assert tableau.solution_stages == tuple(range(s))
+        return
     assert tableau.solution_stages == _reachable_stages(tableau)
     if name in FSAL_METHODS:
         # everything except the trailing FSAL stage, which only the error estimate uses
@@ -319,8 +377,7 @@ def test_valid_inputs_are_accepted():
         (dict(b=(0.5, 0.6)), "sum to"),
         (dict(b_err=(0.5, 0.5)), "b_err sums to"),
         (dict(b_err=(0.0, 0.0)), "all zeros"),
-        (dict(a=((0, 1), (1, 0)), c=(1, 1)), "on or above the diagonal"),
-        (dict(a=((0, 0), (0.5, 0.5))), "on or above the diagonal"),
+        (dict(a=((0, 1), (1, 0)), c=(0.5, 1)), "row 0 of a sums to"),
         (dict(b=(1.0,)), "b has 1 entries"),
         (dict(b=(0.5, 0.25, 0.25)), "b has 3 entries"),
         (dict(a=((), (1,), (1, 0))), "rows"),

@@ -20,6 +20,7 @@ from ._compat import (
 )
 from ._dense_solution import DenseSolution
 from ._events import Event, EventHit
+from ._implicit import Newton
 from ._methods import TABLEAUS, get_tableau
 from ._solve import Solution, solve
 from ._state import StateLayout
@@ -57,6 +58,7 @@ __all__ = [
     "GradientMethod",
     "FixedSteps",
     "AdaptiveSteps",
+    "Newton",
     "DEFAULT_RTOL",
     "DEFAULT_ATOL",
     "ButcherTableau",

@@ -24,6 +24,7 @@ import torch
 from ._adams import ADAMS_METHODS
 from ._checks import check_bool
 from ._dense_solution import DenseSolution
+from ._implicit import Newton
 from ._methods import get_tableau
 from ._options import Method, Params, make_steps, odeint_adams, odeint_to_event
 from ._scipy import scipy_solve
@@ -77,6 +78,7 @@ def odeint(
         return scipy_solve(func, y0, t, rtol=rtol, atol=atol, options=options, params=adjoint_params)
     if isinstance(method, str) and method in ADAMS_METHODS:
         return odeint_adams(method, func, y0, t, rtol, atol, options, gradient, compile)
+    options, newton = _newton_options(method, options)
     steps = make_steps(method, rtol, atol, options, t, func, y0)
     return solve(
         func,
@@ -87,7 +89,16 @@ def odeint(
         gradient=gradient,
         adjoint_params=adjoint_params,
         compile=compile,
+        newton=newton,
     ).ys
+
+
+def _newton_options(method: Any, options: Any) -> tuple[Any, Newton | None]:
+    """An implicit method's ``options={'max_iters': n}`` (torchdiffeq's name) as ``Newton(max_iters=n)``."""
+    if not isinstance(options, Mapping) or "max_iters" not in options or not get_tableau(method).implicit:
+        return options, None
+    rest = {k: v for k, v in options.items() if k != "max_iters"}
+    return rest, Newton(max_iters=options["max_iters"])
 
 
 def odeint_event(

@@ -71,6 +71,8 @@ def interpolation_tableau(tableau: ButcherTableau) -> ButcherTableau:
     rows = tableau.b_dense
     if rows is not None and len(rows) == s:
         return tableau
+    if tableau.implicit:
+        return _with(tableau, tableau.c, tableau.a, tableau.b, tableau.b_err, _implicit_hermite_rows(tableau))
     if tableau.fsal and rows is None:
         return _with(tableau, tableau.c, tableau.a, tableau.b, tableau.b_err, hermite_rows(tableau))
     if tableau.fsal:
@@ -89,10 +91,26 @@ def fixed_grid_tableau(tableau: ButcherTableau, interp: str) -> ButcherTableau:
     ``f(t_{n+1}, y_{n+1})`` appended as an FSAL stage where the method is not FSAL)."""
     if interp == "linear":
         return _with(tableau, tableau.c, tableau.a, tableau.b, tableau.b_err, tuple((bi,) for bi in tableau.b))
+    if tableau.implicit:
+        return _with(tableau, tableau.c, tableau.a, tableau.b, tableau.b_err, _implicit_hermite_rows(tableau))
     if tableau.fsal:
         return _with(tableau, tableau.c, tableau.a, tableau.b, tableau.b_err, hermite_rows(tableau))
     extended = _with_fsal_stage(tableau)
     return _with(extended, extended.c, extended.a, extended.b, extended.b_err, hermite_rows(extended))
+
+
+def _implicit_hermite_rows(tableau: ButcherTableau) -> tuple[tuple[float, ...], ...]:
+    """The cubic Hermite interpolant of an implicit method whose first stage is ``f(t_n, y_n)``
+    and whose last stage state is the solution (an ESDIRK such as Kvaerno's, the trapezoidal
+    rule, TR-BDF2); any other implicit method has no interpolant here."""
+    if not (tableau.explicit_first_stage and tableau.stiffly_accurate):
+        raise ValueError(
+            f"the implicit method {tableau.name!r} has no continuous extension here (the cubic Hermite "
+            f"interpolant needs an explicit first stage and a stiffly accurate last one, as kvaerno3/4/5, "
+            f"trapezoid and trbdf2 have): make every output time a step end (symode.AdaptiveSteps("
+            f"interpolate=False), or fixed steps without interp), or use interp='linear'"
+        )
+    return hermite_rows(tableau)
 
 
 def _with_fsal_stage(tableau: ButcherTableau) -> ButcherTableau:

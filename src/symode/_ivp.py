@@ -10,6 +10,7 @@ or input checks.
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -17,9 +18,10 @@ from typing import Any
 
 import torch
 
+from ._implicit import Newton, implicit_step
 from ._integrate import Trajectory, integrate
 from ._random import RandomTape, StepReplay
-from ._runge_kutta import Nudged
+from ._runge_kutta import Nudged, rk_step
 from ._state import StateLayout
 from ._stats import Stats
 from ._step_size import AdaptiveSteps, FixedSteps, Norm, RecordedSteps
@@ -104,6 +106,9 @@ class ODEProblem:
         callbacks: ``func``'s step callbacks (torchdiffeq's), called by the forward solve.
         adjoint_callbacks: ``func``'s ``_adjoint`` step callbacks, for the continuous adjoint's
             backward solve.
+        newton: how an implicit method's stage equations are solved (``symode.Newton``).
+        stage_check: called on each evaluation of ``func`` in an implicit step's backward pass
+            (``symode._implicit_gradient``), to refuse tensors that would get no gradient.
         rng_tape: when ``func`` draws random numbers and an exact method evaluates it again
             in its backward pass: the random generators' states of the forward solve, per
             accepted step (``symode._random.RandomTape``), which ``integrate`` records and the
@@ -128,6 +133,8 @@ class ODEProblem:
     rng_tape: RandomTape | None = None
     callbacks: StepCallbacks | None = None
     adjoint_callbacks: StepCallbacks | None = None
+    newton: Newton = field(default_factory=Newton)
+    stage_check: Callable[..., None] | None = None
 
     def time(self, t: float) -> torch.Tensor:
         """The time tensor handed to ``func``: 0-dim, of the state's dtype and device (a
@@ -165,7 +172,8 @@ class ODEProblem:
         stage states of every step, ``keep_derivatives`` the stage derivatives the continuous
         extension uses (for ``symode.solve(dense=True)``); ``f0 = f(t0, y0)`` if already evaluated;
         ``time_carriers``: see ``time_carriers``; ``until``: see ``symode._integrate.integrate``."""
-        rhs, step = self.rhs(), None
+        rhs = self.rhs()
+        step: Callable[..., Any] | None = None
         if self.rng_tape is not None:
             rhs = self.rng_tape.recording(rhs)
         if self.compile:  # imported here: torch.compile's machinery is slow to import
@@ -175,6 +183,8 @@ class ODEProblem:
                 self.stats.count("nfe_forward", n)
 
             step = CompiledStep(self.func, rhs, self.tableau, count, self.y0.dtype, self.y0.device)
+        elif self.tableau.implicit:
+            step = self.stepper(rhs)
         return integrate(
             rhs,
             self.y0 if y0 is None else y0,
@@ -195,6 +205,19 @@ class ODEProblem:
             callbacks=self.callbacks,
             until=until,
         )
+
+    def stepper(self, rhs: Rhs) -> Callable[..., Any]:
+        """The function that takes one step of the tableau with ``rhs``, with ``rk_step``'s
+        signature after ``(rhs, tableau)``: an implicit tableau's steps solve their stages with
+        the problem's Newton settings (the same in every pass, so that a recomputed step is
+        the forward one) and, with a graph, differentiate them by the implicit function theorem."""
+        if not self.tableau.implicit:
+            return functools.partial(rk_step, rhs, self.tableau)
+        from ._implicit_gradient import StageGradient
+
+        settings = self.newton.settings(self.y0.dtype, self.rtol, self.atol)
+        gradient = StageGradient(self, self.stage_check)
+        return functools.partial(implicit_step, rhs, self.tableau, newton=settings, stats=self.stats, gradient=gradient)
 
     def replay(self, n: int, capture: bool = False) -> StepReplay | None:
         """The replay of accepted step ``n``'s random numbers (``symode._random``), or ``None``

@@ -11,6 +11,7 @@ from __future__ import annotations
 from fractions import Fraction
 
 from . import _dopri8
+from ._implicit_methods import IMPLICIT_TABLEAUS
 from ._tableau import ButcherTableau
 
 __all__ = [
@@ -340,7 +341,9 @@ TABLEAUS: dict[str, ButcherTableau] = {
     "dopri5": dopri5,
     "tsit5": tsit5,
     "dopri8": dopri8,
+    **IMPLICIT_TABLEAUS,
 }
+_BY_LOWER_NAME = {name.lower(): tableau for name, tableau in TABLEAUS.items()}
 
 
 #: the methods of symode.odeint that are not Runge-Kutta methods (multistep, or scipy's)
@@ -357,7 +360,7 @@ def get_tableau(method: str | ButcherTableau | None) -> ButcherTableau:
         return method
     if isinstance(method, str):
         try:
-            return TABLEAUS[method.lower()]
+            return _BY_LOWER_NAME[method.lower()]
         except KeyError:
             if method in _ODEINT_ONLY:
                 raise ValueError(

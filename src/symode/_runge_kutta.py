@@ -202,6 +202,11 @@ def rk_step(
     derivatives/states, ``None`` for stages not evaluated. For an FSAL tableau the last
     stage state *is* ``y_next`` (the same tensor), so the next step's ``k1 = ks[-1]``.
     """
+    if tableau.implicit:
+        raise TypeError(
+            f"{tableau.name!r} is an implicit method: its steps solve the stage equations (symode._implicit."
+            f"implicit_step, through ODEProblem.stepper), which rk_step does not"
+        )
     step: float | torch.Tensor = t_next - t if h is None else h
     s = tableau.num_stages
     if stages is None:

@@ -28,6 +28,7 @@ from ._checks import check_bool
 from ._dense import fixed_grid_tableau, interpolation_tableau
 from ._dense_solution import DenseSolution
 from ._events import EventHit, as_events, solve_to_event
+from ._implicit import Newton
 from ._ivp import ODEProblem, StepCallbacks
 from ._methods import get_tableau
 from ._state import State, StateLayout
@@ -77,6 +78,7 @@ def solve(
     compile: bool = False,
     dense: bool = False,
     event: Any = None,
+    newton: Newton | None = None,
 ) -> Solution:
     """Solve ``dy/dt = func(t, y)``, ``y(t[0]) = y0``, and return the states at the times ``t``.
 
@@ -116,6 +118,9 @@ def solve(
             solve ends there (``Solution.event`` is ``None``). The event time and state are
             differentiable in ``y0``, the parameters, ``t0`` and what ``fn`` depends on, by
             every gradient method (the implicit function theorem: ``symode._events``).
+        newton: with an implicit method (``kvaerno5``, ``radauIIA5``, ...): how its stage
+            equations are solved, a ``symode.Newton`` (tolerances, iterations); default
+            ``symode.Newton()``.
 
     Returns:
         Solution: the states at ``t``, the accepted grid and the counts.
@@ -125,7 +130,9 @@ def solve(
         SolveError: the solve cannot succeed (step size underflow, too many steps, a
             non-finite state), with the time it reached.
     """
-    problem, grad_method, ts = setup(func, y0, t, method, steps, gradient, adjoint_params, compile, dense, event)
+    problem, grad_method, ts = setup(
+        func, y0, t, method, steps, gradient, adjoint_params, compile, dense, event, newton
+    )
     layout = problem.layout
     if event is not None:
         if len(problem.t_out) != 2:
@@ -159,6 +166,7 @@ def setup(
     compile: bool = False,
     dense: bool = False,
     event: Any = None,
+    newton: Newton | None = None,
 ) -> tuple[ODEProblem, GradientMethod, torch.Tensor]:
     """``solve``'s checks: the ``ODEProblem``, the gradient method and the output times tensor."""
     if not callable(func):
@@ -169,6 +177,7 @@ def setup(
     check_bool(dense, "dense")
     layout = StateLayout.of(y0)
     ts, t_out = _output_times(t)
+    newton = _check_implicit(tableau, newton, compile, layout.flat_y0.dtype)
     if steps is None:
         steps = AdaptiveSteps()
     elif not isinstance(steps, (FixedSteps, AdaptiveSteps)):
@@ -211,10 +220,33 @@ def setup(
         compile=compile,
         callbacks=StepCallbacks.of(func, layout),
         adjoint_callbacks=StepCallbacks.of(func, layout, "_adjoint"),
+        newton=newton,
     )
     if dense and event is not None:
         raise ValueError("dense=True and event exclude each other: give one")
     return problem, grad_method, ts
+
+
+def _check_implicit(tableau: ButcherTableau, newton: Any, compile: bool, dtype: torch.dtype) -> Newton:
+    """``newton`` checked (an explicit method takes none), and what implicit methods exclude."""
+    if newton is not None and not isinstance(newton, Newton):
+        raise TypeError(f"newton must be a symode.Newton(...), got {newton!r}")
+    if not tableau.implicit:
+        if newton is not None:
+            raise ValueError(f"newton= applies to implicit methods; {tableau.name!r} is explicit")
+        return Newton()
+    if compile:
+        raise ValueError(
+            f"compile=True compiles explicit steps; the implicit method {tableau.name!r} solves its stages by "
+            f"Newton's method, step by step: use compile=False"
+        )
+    if dtype in (torch.float16, torch.bfloat16):
+        name = str(dtype).replace("torch.", "")
+        raise ValueError(
+            f"the implicit method {tableau.name!r} factorises its Newton matrices, which {name} cannot: solve in "
+            f"float32 or float64 (y0.float())"
+        )
+    return newton or Newton()
 
 
 def _user_norm(norm: Callable[[Any], Any], layout: StateLayout) -> Callable[[torch.Tensor], torch.Tensor]:

@@ -34,6 +34,8 @@ class Stats:
             vector-Jacobian products).
         nfe_backward_vjp: those backward evaluations that were differentiated (one network
             use each in the autograd graph).
+        num_jacobians: Jacobians of ``f`` formed for Newton's method (implicit methods).
+        num_newton_iters: Newton iterations on the stage equations (implicit methods).
     """
 
     num_accepted: int = 0
@@ -41,6 +43,8 @@ class Stats:
     nfe_forward: int = 0
     nfe_backward: int = 0
     nfe_backward_vjp: int = 0
+    num_jacobians: int = 0
+    num_newton_iters: int = 0
 
     @property
     def num_steps(self) -> int:

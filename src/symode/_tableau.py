@@ -1,10 +1,14 @@
-"""Butcher tableaus of explicit Runge-Kutta methods, as validated immutable data.
+"""Butcher tableaus of Runge-Kutta methods, explicit and implicit, as validated immutable data.
 
-An explicit s-stage Runge-Kutta method advances ``y_n`` at ``t_n`` by ``h``::
+An s-stage Runge-Kutta method advances ``y_n`` at ``t_n`` by ``h``::
 
-    Y_i = y_n + h * sum_{j<i} a[i][j] * k_j,     k_i = f(t_n + c[i] * h, Y_i)
+    Y_i = y_n + h * sum_j a[i][j] * k_j,     k_i = f(t_n + c[i] * h, Y_i)
     y_{n+1} = y_n + h * sum_i b[i] * k_i
     error estimate = h * sum_i b_err[i] * k_i     (adaptive methods only)
+
+An explicit method has ``a`` strictly lower triangular (``j < i``), so the stages are evaluated in
+turn; an implicit one (an entry on or above the diagonal) solves the stage equations
+(``symode._implicit``).
 
 ``b_err`` is the difference between the propagating weights ``b`` and the weights of the
 embedded method of order ``error_order``, so ``sum(b_err) == 0``.
@@ -104,14 +108,14 @@ Coefficients = Sequence[Real | Fraction | float]
 
 @dataclass(frozen=True, init=False)
 class ButcherTableau:
-    """An explicit Runge-Kutta method.
+    """A Runge-Kutta method, explicit or implicit.
 
     Args:
         name: a short name, used in messages and statistics.
         c: stage times, length ``s``.
-        a: the stage matrix, strictly lower triangular. Either ``s`` rows of length ``s``
-            (zeros on and above the diagonal) or ragged rows, row ``i`` holding its ``i``
-            entries ``a[i][0..i-1]`` (row 0 empty).
+        a: the stage matrix: ``s`` rows of length ``s`` (an explicit method has zeros on and
+            above the diagonal; an implicit one does not), or, for an explicit method, ragged
+            rows, row ``i`` holding its ``i`` entries ``a[i][0..i-1]`` (row 0 empty).
         b: propagating weights, length ``s``, summing to 1.
         order: the classical order of the propagating method.
         b_err: error-estimate weights ``b - b_embedded``, length ``s``, summing to 0; ``None``
@@ -127,7 +131,7 @@ class ButcherTableau:
 
     Coefficients may be given as floats, ints or ``fractions.Fraction``; they are stored as
     Python floats (``a`` as ``s`` full rows). Construction raises ``ValueError``/``TypeError``
-    if the tableau is not a consistent explicit method (row sums ``sum_j a[i][j] == c[i]``,
+    if the tableau is not a consistent method (row sums ``sum_j a[i][j] == c[i]``,
     ``sum(b) == 1``, ``sum(b_err) == 0``).
 
     Derived fields (computed once, at construction; plain attributes, so that
@@ -135,7 +139,14 @@ class ButcherTableau:
 
     Attributes:
         fsal: First Same As Last: the last stage is evaluated at ``(t_{n+1}, y_{n+1})``, so
-            it equals the first stage of the next step.
+            it equals the first stage of the next step (explicit methods only).
+        implicit: ``a`` has a nonzero entry on or above the diagonal: the stages are solved
+            for (``symode._implicit``), not evaluated in turn.
+        diagonally_implicit: implicit with ``a`` lower triangular (SDIRK, ESDIRK): the stages
+            are solved one at a time.
+        stiffly_accurate: ``c[-1] == 1`` and the last row of ``a`` is ``b``: the last stage
+            state is the step's solution (Radau IIA, the ESDIRK pairs).
+        explicit_first_stage: the first row of ``a`` is zero: ``k_1 = f(t_n, y_n)``.
         a_terms: for each stage ``i`` the nonzero ``(j, a[i][j])``.
         b_terms: the nonzero ``(i, b[i])``.
         b_err_terms: the nonzero ``(i, b_err[i])`` (empty for a fixed-step method).
@@ -159,6 +170,10 @@ class ButcherTableau:
     b_dense: tuple[tuple[float, ...], ...] | None = None
     # derived
     fsal: bool = field(init=False, compare=False, repr=False)
+    implicit: bool = field(init=False, compare=False, repr=False)
+    diagonally_implicit: bool = field(init=False, compare=False, repr=False)
+    stiffly_accurate: bool = field(init=False, compare=False, repr=False)
+    explicit_first_stage: bool = field(init=False, compare=False, repr=False)
     a_terms: tuple[Terms, ...] = field(init=False, compare=False, repr=False)
     b_terms: Terms = field(init=False, compare=False, repr=False)
     b_err_terms: Terms = field(init=False, compare=False, repr=False)
@@ -196,11 +211,7 @@ class ButcherTableau:
         for i, given in enumerate(a):
             row = _as_vector(given, f"a[{i}]")
             if len(row) == s:
-                if any(row[j] != 0.0 for j in range(i, s)):
-                    raise ValueError(
-                        f"ButcherTableau.a[{i}] has a nonzero entry on or above the diagonal: "
-                        f"only explicit methods (strictly lower triangular a) are supported"
-                    )
+                pass  # entries on or above the diagonal make the method implicit
             elif len(row) == i:
                 row = row + (0.0,) * (s - i)
             else:
@@ -211,7 +222,7 @@ class ButcherTableau:
             if abs(row_sum - c_[i]) > _CONSISTENCY_TOL * max(1.0, abs(c_[i])):
                 raise ValueError(
                     f"ButcherTableau {name!r}: row {i} of a sums to {row_sum!r} but c[{i}] = {c_[i]!r}; "
-                    f"an explicit method needs sum_j a[i][j] == c[i]"
+                    f"a Runge-Kutta method needs sum_j a[i][j] == c[i]"
                 )
         if abs(math.fsum(b_) - 1.0) > _CONSISTENCY_TOL:
             raise ValueError(f"ButcherTableau {name!r}: the weights b sum to {math.fsum(b_)!r}, not 1")
@@ -252,17 +263,25 @@ class ButcherTableau:
         ):
             set_(key, value)
         # derived facts
-        fsal = s > 1 and c_[-1] == 1.0 and b_[-1] == 0.0 and all(a_[-1][j] == b_[j] for j in range(s - 1))
+        implicit = any(a_[i][j] != 0.0 for i in range(s) for j in range(i, s))
+        lower = all(a_[i][j] == 0.0 for i in range(s) for j in range(i + 1, s))
+        fsal = (
+            not implicit and s > 1 and c_[-1] == 1.0 and b_[-1] == 0.0 and all(a_[-1][j] == b_[j] for j in range(s - 1))
+        )
         # Stage i influences y_{n+1} if b[i] != 0 or a later stage that does uses k_i; a trailing
         # stage used only by the error estimate (dopri5's, bosh3's, tsit5's FSAL stage) does not,
-        # and an adjoint sweep never needs it.
-        needed = [False] * s
+        # and an adjoint sweep never needs it. The stages of an implicit method are solved together.
+        needed = [implicit] * s
         for i in reversed(range(s)):
-            needed[i] = b_[i] != 0.0 or any(needed[j] and a_[j][i] != 0.0 for j in range(i + 1, s))
+            needed[i] = needed[i] or b_[i] != 0.0 or any(needed[j] and a_[j][i] != 0.0 for j in range(i + 1, s))
         a_terms = tuple(tuple((j, aij) for j, aij in enumerate(row) if aij != 0.0) for row in a_)
         b_terms = tuple((i, bi) for i, bi in enumerate(b_) if bi != 0.0)
         b_err_terms = () if b_err_ is None else tuple((i, e) for i, e in enumerate(b_err_) if e != 0.0)
         set_("fsal", fsal)
+        set_("implicit", implicit)
+        set_("diagonally_implicit", implicit and lower)
+        set_("stiffly_accurate", c_[-1] == 1.0 and a_[-1] == b_)
+        set_("explicit_first_stage", all(v == 0.0 for v in a_[0]))
         set_("a_terms", a_terms)
         set_("b_terms", b_terms)
         set_("b_err_terms", b_err_terms)

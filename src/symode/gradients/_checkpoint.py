@@ -20,7 +20,6 @@ import torch
 from .._dense import interpolate, interpolation_stages
 from .._integrate import Trajectory, integrate
 from .._ivp import ODEProblem
-from .._runge_kutta import rk_step
 from .._step_size import RecordedSteps
 from ._first_evaluation import checked_rhs, closure_check
 from ._recording import RecordingMethod, StepwiseMethod, vjp
@@ -54,13 +53,12 @@ class Checkpoint(StepwiseMethod):
             rhs = replay.wrap(rhs)
         stats = problem.stats
         stages = interpolation_stages(tableau) if dense else tableau.solution_stages
+        take = problem.stepper(rhs)
 
         def step(y: torch.Tensor, *dts: torch.Tensor) -> torch.Tensor:
             before = stats.nfe_backward
             ends = (dts[0], dts[1]) if dts else None
-            y_next, _, ks, _ = rk_step(
-                rhs, tableau, t, t_next, y, with_error=False, stages=stages, dts=ends, nudge=trajectory.nudge(n)
-            )
+            y_next, _, ks, _ = take(t, t_next, y, with_error=False, stages=stages, dts=ends, nudge=trajectory.nudge(n))
             stats.nfe_backward_vjp += stats.nfe_backward - before
             if not dense:
                 return y_next
@@ -111,7 +109,13 @@ class OneCheckpoint(RecordingMethod):
                     nudges=None if trajectory.nudges is None else tuple(trajectory.nudges),
                 )
                 outputs = integrate(
-                    rhs, y0, problem.t_out, problem.tableau, grid, time_carriers=carriers or None
+                    rhs,
+                    y0,
+                    problem.t_out,
+                    problem.tableau,
+                    grid,
+                    time_carriers=carriers or None,
+                    step=problem.stepper(rhs),
                 ).outputs
             else:
                 outputs = _replayed_solve(problem, trajectory, rhs, y0, carriers)
@@ -148,9 +152,7 @@ def _replayed_solve(
         dense = bool(thetas) and k_next < len(thetas) and trajectory.out_index[k_next] == n + 1
         dense = dense and thetas[k_next] is not None
         y_prev = y
-        y, _, ks, _ = rk_step(
-            replay.wrap(rhs),
-            tableau,
+        y, _, ks, _ = problem.stepper(replay.wrap(rhs))(
             grid[n],
             grid[n + 1],
             y,

@@ -24,9 +24,10 @@ from .._checks import check_bool, non_negative_int
 from .._dense import dense_terms, interpolation_stages
 from .._integrate import Trajectory
 from .._ivp import ODEProblem
-from .._runge_kutta import rk_step, stage_state, stage_time
+from .._runge_kutta import stage_state, stage_time
 from ._base import GradientMethod
 from ._first_evaluation import closure_check
+from ._implicit_adjoint import implicit_step_adjoint
 from ._recording import StepwiseMethod, vjp
 from ._revolve import reversed_states
 
@@ -128,9 +129,7 @@ def _advance(problem: ODEProblem, trajectory: Trajectory, i: int, j: int, y: tor
     with torch.no_grad():
         for n in range(i, j):
             replay = problem.replay(n)
-            y = rk_step(
-                rhs if replay is None else replay.wrap(rhs),
-                problem.tableau,
+            y = problem.stepper(rhs if replay is None else replay.wrap(rhs))(
                 grid[n],
                 grid[n + 1],
                 y,
@@ -175,6 +174,10 @@ def _step_adjoint(
     tableau = problem.tableau
     h = t_next - t
     dense = dense or []
+    if tableau.implicit:
+        return implicit_step_adjoint(
+            problem, t, t_next, y, lam, params, param_grads, with_time, dense, out_grads, nudge
+        )
     stages = interpolation_stages(tableau) if dense else tableau.solution_stages
     weights = [dense_terms(tableau, theta) for _, theta, _ in dense]
     derivatives = [dict(slope_terms) for _, slope_terms in weights]  # per output: stage -> b_i'(theta)

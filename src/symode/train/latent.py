@@ -26,6 +26,7 @@ from typing import Any, TextIO
 import torch
 
 import symode
+from symode.bench import peak_memory
 
 from ._common import check_positive, solve_options
 from .distributed import Objective, World, join, shard
@@ -183,12 +184,21 @@ def _train(config: LatentConfig, out, world: World, stream, quiet: bool) -> tupl
         world.barrier()
         return model, {}
     trained = interpolation_error(model, t, x[test], mask[test], config)
+
+    def iteration() -> None:  # one training iteration on a fixed batch, for its peak memory
+        index = torch.arange(config.batch_size) % config.samples
+        _elbo_loss(model, t, x[train][index], mask[train][index], config, torch.Generator().manual_seed(0))[
+            0
+        ].backward()
+        model.zero_grad()
+
     metrics = {
         "test_interpolation_mse": trained,
         "untrained_interpolation_mse": untrained,
         "improvement": untrained / trained if trained > 0 else None,
         "history": history,
         "train_loss": losses,
+        "peak_memory_bytes": peak_memory(iteration).peak_bytes,
         "time_per_iteration_s": statistics.median(seconds),
         "steps_per_solve_last_10": statistics.mean(steps_seen[-10:]),
         "output_times_per_solve": config.times,

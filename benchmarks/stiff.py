@@ -1,0 +1,173 @@
+"""Stiff problems: symode's implicit methods against scipy's Radau and BDF, and the memory and
+time of their gradients.
+
+Part 1 (``--part accuracy``): Robertson's kinetics over [0, 1e5], Van der Pol with mu = 1000
+over [0, 1500] and a stiff linear system (eigenvalues from -1 to -1e4, 20 states) over [0, 10];
+for rtol 1e-3 .. 1e-8 (atol = rtol * 1e-4 for Robertson, rtol elsewhere) each method's error
+against scipy's Radau at rtol 1e-12, in units of the tolerance (max over outputs and
+components), its accepted steps and Jacobian evaluations, and the same for scipy's Radau and BDF.
+dopri5 is tried too, and stops at 20,000 steps.
+
+Part 2 (``--part gradients``): a neural ODE with stiff dynamics, ``f(y) = MLP(y) - D y`` with
+``D`` from 1 to 1e4 (20 states, batch 16, width 64), fixed steps of sdirk2 and kvaerno5 over
+[0, 1] with N steps; one training iteration (solve, loss, backward) per gradient method: peak
+memory (``symode.bench.peak_memory``, deterministic) and median time of interleaved repeats.
+
+    python benchmarks/stiff.py                       # both parts, ~10 minutes on 2 CPUs
+    python benchmarks/stiff.py --part gradients --steps 10 20 40
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+import torch
+from scipy.integrate import solve_ivp
+
+import symode
+from symode.bench import MLPField, interleave, peak_memory
+
+F64 = torch.float64
+
+
+def robertson(t, y):
+    y1, y2, y3 = y.unbind(-1)
+    return torch.stack([-0.04 * y1 + 1e4 * y2 * y3, 0.04 * y1 - 1e4 * y2 * y3 - 3e7 * y2**2, 3e7 * y2**2], -1)
+
+
+def van_der_pol(t, y):
+    return torch.stack([y[..., 1], 1000.0 * (1 - y[..., 0] ** 2) * y[..., 1] - y[..., 0]], -1)
+
+
+_gen = torch.Generator().manual_seed(0)
+_Q = torch.linalg.qr(torch.randn(20, 20, generator=_gen, dtype=F64))[0]
+LINEAR = _Q @ torch.diag(-torch.logspace(0, 4, 20, dtype=F64)) @ _Q.T
+
+
+def linear(t, y):
+    return y @ LINEAR.T
+
+
+PROBLEMS = {  # name: (f, y0, output times, atol / rtol)
+    "robertson": (robertson, [1.0, 0.0, 0.0], [0.0, 1e-2, 1.0, 1e2, 1e4, 1e5], 1e-4),
+    "van der pol": (van_der_pol, [2.0, 0.0], list(np.linspace(0, 1500, 7)), 1.0),
+    "stiff linear": (linear, list(np.ones(20)), list(np.linspace(0, 10, 6)), 1.0),
+}
+
+
+def _scipy(f, y0, t, method, rtol, atol):
+    def rhs(s, y):
+        return f(None, torch.as_tensor(y)).numpy()
+
+    start = time.perf_counter()
+    out = solve_ivp(rhs, (t[0], t[-1]), y0, method, t_eval=t, rtol=rtol, atol=atol)
+    return out.y.T, out, time.perf_counter() - start
+
+
+def _row(*cells) -> str:
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+def accuracy(rtols) -> None:
+    for name, (f, y0, t, atol_factor) in PROBLEMS.items():
+        ref = _scipy(f, y0, t, "Radau", 1e-12, 1e-12 * min(atol_factor, 1.0))[0]
+        y0_, t_ = torch.tensor(y0, dtype=F64), torch.tensor(t, dtype=F64)
+        print(f"\n### {name}\n")
+        print(_row("method", "rtol", "error (tolerance units)", "accepted steps", "Jacobians", "time"))
+        print(_row(*["---"] * 6))
+        for rtol in rtols:
+            atol = rtol * atol_factor
+            for method in ("kvaerno3", "kvaerno4", "kvaerno5"):
+                steps = symode.AdaptiveSteps(rtol=rtol, atol=atol, interpolate=False, max_num_steps=50_000)
+                start = time.perf_counter()
+                with torch.no_grad():
+                    sol = symode.solve(f, y0_, t_, method=method, steps=steps)
+                seconds = time.perf_counter() - start
+                units = np.abs(sol.ys.numpy() - ref) / (atol + rtol * np.abs(ref))
+                stats = sol.stats
+                print(
+                    _row(
+                        method,
+                        f"{rtol:g}",
+                        f"{units.max():.2f}",
+                        stats.num_accepted,
+                        stats.num_jacobians,
+                        f"{seconds:.2f} s",
+                    )
+                )
+            for method in ("Radau", "BDF"):
+                ys, out, seconds = _scipy(f, y0, t, method, rtol, atol)
+                units = np.abs(ys - ref) / (atol + rtol * np.abs(ref))
+                # scipy reports evaluations of f, not steps
+                print(
+                    _row(
+                        f"scipy {method}",
+                        f"{rtol:g}",
+                        f"{units.max():.2f}",
+                        f"- (nfev {out.nfev})",
+                        out.njev,
+                        f"{seconds:.2f} s",
+                    )
+                )
+        try:
+            steps = symode.AdaptiveSteps(rtol=1e-6, atol=1e-6 * atol_factor, max_num_steps=20_000)
+            symode.solve(f, y0_, t_, steps=steps)
+            print("\ndopri5 (rtol 1e-6): finished")
+        except symode.SolveError as e:
+            print(f"\ndopri5 (rtol 1e-6): {e}")
+
+
+class StiffNeural(torch.nn.Module):
+    def __init__(self, dim: int = 20, width: int = 64):
+        super().__init__()
+        self.net = MLPField(dim, width).to(F64)
+        self.register_buffer("decay", torch.logspace(0, 4, dim, dtype=F64))
+
+    def forward(self, t, y):
+        return self.net(t, y) - self.decay * y
+
+
+def gradients(steps_list, repeats: int) -> None:
+    torch.manual_seed(0)
+    func = StiffNeural()
+    y0 = torch.randn(16, 20, dtype=F64, requires_grad=True)
+    t = torch.tensor([0.0, 1.0], dtype=F64)
+    print("\n### a neural ODE with stiff dynamics (20 states, batch 16, MLP width 64, decay 1 .. 1e4)\n")
+    print("| method | N | gradient | peak memory | time per iteration | x backprop |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for method in ("sdirk2", "kvaerno5"):
+        for n in steps_list:
+
+            def iteration(gradient, n=n, method=method):
+                sol = symode.solve(
+                    func, y0, t, method=method, steps=symode.FixedSteps(step_size=1.0 / n), gradient=gradient
+                )
+                sol.ys[-1].pow(2).mean().backward()
+
+            gradients_ = ["backprop", "checkpoint", "symplectic_adjoint"]
+            memory = [peak_memory(iteration, g).peak_bytes for g in gradients_]
+            times = interleave([lambda g=g: iteration(g) for g in gradients_], repeats)
+            medians = [statistics.median(x) for x in times]
+            for g, m, s in zip(gradients_, memory, medians):
+                print(f"| {method} | {n} | {g} | {m / 1e6:.2f} MB | {s:.3f} s | {s / medians[0]:.2f} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--part", choices=["accuracy", "gradients", "both"], default="both")
+    parser.add_argument("--rtols", type=float, nargs="+", default=[1e-3, 1e-4, 1e-5, 1e-6, 1e-7, 1e-8])
+    parser.add_argument("--steps", type=int, nargs="+", default=[10, 40])
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    if args.part in ("accuracy", "both"):
+        accuracy(args.rtols)
+    if args.part in ("gradients", "both"):
+        gradients(args.steps, args.repeats)
+
+
+if __name__ == "__main__":
+    main()
