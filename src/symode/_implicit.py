@@ -332,6 +332,7 @@ def implicit_step(
         tableau.check_adaptive()
         with torch.no_grad():
             error = combine(None, h, tableau.b_err_sum, ks)
+            assert error is not None  # an adaptive tableau's b_err has terms
             if tableau.diagonally_implicit:  # filtered, as Hairer & Wanner's (IV.8): stiff components damped
                 last = (tableau.num_stages - 1,)
                 error = lus.solve(last, error.reshape(1, -1)).reshape(error.shape)
