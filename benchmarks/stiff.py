@@ -13,6 +13,12 @@ Part 2 (``--part gradients``): a neural ODE with stiff dynamics, ``f(y) = MLP(y)
 [0, 1] with N steps; one training iteration (solve, loss, backward) per gradient method: peak
 memory (``symode.bench.peak_memory``, deterministic) and median time of interleaved repeats.
 
+Part 3 (``--torchdiffeq-src PATH``): the same iteration through torchdiffeq's implicit methods
+(its development version, which has them: a source tree at PATH, e.g. ``git archive`` of its
+repository; the release on PyPI has none), which differentiates through its Broyden
+iterations: memory, time, and the relative difference of its solution and gradient from
+symode's (stages held to 1e-12).
+
     python benchmarks/stiff.py                       # both parts, ~10 minutes on 2 CPUs
     python benchmarks/stiff.py --part gradients --steps 10 20 40
 """
@@ -121,10 +127,10 @@ def accuracy(rtols) -> None:
 
 
 class StiffNeural(torch.nn.Module):
-    def __init__(self, dim: int = 20, width: int = 64):
+    def __init__(self, dim: int = 20, width: int = 64, stiffest: float = 4.0):
         super().__init__()
         self.net = MLPField(dim, width).to(F64)
-        self.register_buffer("decay", torch.logspace(0, 4, dim, dtype=F64))
+        self.register_buffer("decay", torch.logspace(0, stiffest, dim, dtype=F64))
 
     def forward(self, t, y):
         return self.net(t, y) - self.decay * y
@@ -155,18 +161,89 @@ def gradients(steps_list, repeats: int) -> None:
                 print(f"| {method} | {n} | {g} | {m / 1e6:.2f} MB | {s:.3f} s | {s / medians[0]:.2f} |")
 
 
+def against_torchdiffeq(source: str, steps_list, repeats: int) -> None:
+    import sys
+
+    sys.path.insert(0, source)
+    import torchdiffeq
+    from torchdiffeq._impl.odeint import SOLVERS
+
+    if "sdirk2" not in SOLVERS:
+        raise SystemExit(f"torchdiffeq at {torchdiffeq.__file__} has no implicit methods: give its development source")
+    torch.manual_seed(0)
+    func = StiffNeural(dim=8, width=32, stiffest=3.0)
+    y0 = torch.randn(4, 8, dtype=F64, requires_grad=True)
+    t = torch.tensor([0.0, 1.0], dtype=F64)
+    tight = symode.Newton(rtol=1e-12, atol=1e-12, max_iters=100)
+    problem = "8 states, batch 4, width 32, decay 1 .. 1e3"
+    print(f"\n### against torchdiffeq {torchdiffeq.__version__} from {source}, {problem}\n")
+    print(
+        _row("method", "N", "library, gradient", "peak memory", "time per iteration", "solution diff", "gradient diff")
+    )
+    print(_row(*["---"] * 7))
+    for method in ("sdirk2", "radauIIA5", "gl4"):
+        for n in steps_list:
+
+            def ours(gradient, n=n, method=method, newton=None):
+                sol = symode.solve(
+                    func,
+                    y0,
+                    t,
+                    method=method,
+                    steps=symode.FixedSteps(step_size=1.0 / n),
+                    gradient=gradient,
+                    newton=newton,
+                )
+                loss = sol.ys[-1].pow(2).mean()
+                return sol.ys[-1], torch.autograd.grad(loss, [y0, *func.parameters()])
+
+            def theirs(n=n, method=method):
+                ys = torchdiffeq.odeint(func, y0, t, method=method, options={"step_size": 1.0 / n})
+                loss = ys[-1].pow(2).mean()
+                return ys[-1], torch.autograd.grad(loss, [y0, *func.parameters()])
+
+            ref_y, ref_g = ours("backprop", newton=tight)
+            ref_g = torch.cat([g.reshape(-1) for g in ref_g])
+            runs = [
+                ("torchdiffeq, backprop", theirs),
+                ("symode, backprop", lambda f=ours: f("backprop")),
+                ("symode, symplectic adjoint", lambda f=ours: f("symplectic_adjoint")),
+            ]
+            times = interleave([fn for _, fn in runs], repeats)
+            for (label, fn), seconds in zip(runs, times):
+                memory = peak_memory(fn).peak_bytes
+                y, g = fn()
+                g = torch.cat([x.reshape(-1) for x in g])
+                y_diff = float((y - ref_y).detach().norm() / ref_y.detach().norm())
+                g_diff = float((g - ref_g).norm() / ref_g.norm())
+                print(
+                    _row(
+                        method,
+                        n,
+                        label,
+                        f"{memory / 1e6:.2f} MB",
+                        f"{statistics.median(seconds):.3f} s",
+                        f"{y_diff:.1e}",
+                        f"{g_diff:.1e}",
+                    )
+                )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--part", choices=["accuracy", "gradients", "both"], default="both")
     parser.add_argument("--rtols", type=float, nargs="+", default=[1e-3, 1e-4, 1e-5, 1e-6, 1e-7, 1e-8])
     parser.add_argument("--steps", type=int, nargs="+", default=[10, 40])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--torchdiffeq-src", default=None, help="a torchdiffeq source tree with implicit methods")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     if args.part in ("accuracy", "both"):
         accuracy(args.rtols)
     if args.part in ("gradients", "both"):
         gradients(args.steps, args.repeats)
+    if args.torchdiffeq_src is not None:
+        against_torchdiffeq(args.torchdiffeq_src, args.steps, args.repeats)
 
 
 if __name__ == "__main__":

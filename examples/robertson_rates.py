@@ -39,7 +39,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--iterations", type=int, default=40)
     parser.add_argument("--gradient", default="symplectic_adjoint")
-    parser.add_argument("--lr", type=float, default=0.05)
+    parser.add_argument("--lr", type=float, default=0.1)
     args = parser.parse_args()
     torch.manual_seed(0)
     t = torch.cat([torch.zeros(1), torch.logspace(-3, 5, 8)]).double()
@@ -51,6 +51,7 @@ def main() -> None:
     scale = clean.abs().amax(0)  # each species relative to its own size (y2 is ~1e-5)
     model = Robertson([2 * TRUE_RATES[0], TRUE_RATES[1] / 2, 2 * TRUE_RATES[2]])
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
+    schedule = torch.optim.lr_scheduler.ExponentialLR(optimizer, 0.93)
     start = time.perf_counter()
     for i in range(1, args.iterations + 1):
         sol = symode.solve(model, y0, t, method="kvaerno5", steps=steps, gradient=args.gradient)
@@ -58,7 +59,8 @@ def main() -> None:
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        if i == 1 or i % 10 == 0 or i == args.iterations:
+        schedule.step()
+        if i == 1 or i % 5 == 0 or i == args.iterations:
             rates = ", ".join(f"{k:.4g}" for k in model.log_k.exp().tolist())
             print(f"iteration {i:3d}: loss {loss.item():.3e}, rates ({rates}), {sol.stats.num_accepted} steps")
     found = model.log_k.exp().tolist()

@@ -157,7 +157,8 @@ def test_interpolated_outputs_are_as_accurate_as_the_step_ends(name):
     """Against scipy's DOP853 at 1e-13: the error of 1000 interpolated outputs is that of the solve
     at its own step ends (the outputs at the grid), within 1% (dopri8, whose extension is of
     order 5 for an 8th-order method: within 5 times)."""
-    rtol = 1e-7 if symode.TABLEAUS[name].order > 2 else 1e-5
+    tableau = symode.TABLEAUS[name]
+    rtol = 1e-7 if tableau.order > 2 and not tableau.implicit else 1e-5  # the ESDIRKs: few steps, same check
     steps = symode.AdaptiveSteps(rtol=rtol, atol=rtol * 1e-2)
     grid = symode.solve(_ode_demo, _DEMO_Y0, torch.tensor([0.0, 10.0], dtype=F64), method=name, steps=steps).grid
     t = torch.linspace(0, 10, 1000, dtype=F64)
