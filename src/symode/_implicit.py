@@ -72,13 +72,21 @@ class Newton:
         max_iters: iterations before a step is given up: an adaptive solve retries it smaller;
             a fixed-step solve raises ``SolveError``. ``None``: 10 with adaptive steps, 50 with
             fixed ones (which have no smaller step to retry).
+        jacobian: ``"dense"``: the Jacobian of the whole state (``n`` vector-Jacobian products
+            for ``n`` numbers); ``"batched"``: the state's first dimension is a batch of
+            independent samples (a neural ODE on a batch), and only each sample's block is
+            formed (``D`` products for samples of ``D`` numbers, one small LU per sample). It
+            preconditions only: a batch whose samples interact converges slower, never wrong.
     """
 
     rtol: float | None = None
     atol: float | None = None
     max_iters: int | None = None
+    jacobian: str = "dense"
 
     def __post_init__(self) -> None:
+        if self.jacobian not in ("dense", "batched"):
+            raise ValueError(f"Newton.jacobian must be 'dense' or 'batched', got {self.jacobian!r}")
         for name in ("rtol", "atol"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
@@ -91,11 +99,14 @@ class Newton:
         eps = torch.finfo(dtype).eps
         floor = max(100.0 * eps, 0.01 * eps**0.5)  # tighter fails against round-off on stiff steps
         if rtol is None or atol is None:  # fixed steps
-            return NewtonSettings(self.rtol or floor, self.atol or floor, self.max_iters or 50)
+            return NewtonSettings(
+                self.rtol or floor, self.atol or floor, self.max_iters or 50, self.jacobian == "batched"
+            )
         return NewtonSettings(
             self.rtol if self.rtol is not None else rtol * 0.01,
             self.atol if self.atol is not None else atol * 0.01,
             self.max_iters or 10,
+            self.jacobian == "batched",
         )
 
 
@@ -106,6 +117,7 @@ class NewtonSettings:
     rtol: Any
     atol: Any
     max_iters: int
+    batched: bool = False
 
 
 @functools.cache
@@ -118,26 +130,33 @@ def blocks(tableau: ButcherTableau) -> tuple[tuple[int, ...], ...]:
     return (tuple(range(s)),)
 
 
-def jacobian(func: Callable[[torch.Tensor], torch.Tensor], y: torch.Tensor) -> torch.Tensor:
-    """``df/dy`` at ``y`` as an ``n x n`` matrix (``n = y.numel()``), by reverse mode."""
-    n = y.numel()
+def jacobian(func: Callable[[torch.Tensor], torch.Tensor], y: torch.Tensor, batched: bool = False) -> torch.Tensor:
+    """``df/dy`` at ``y`` by reverse mode, as ``(B, D, D)`` blocks: with ``batched`` (``Newton(
+    jacobian="batched")``) the blocks ``df_b/dy_b`` of the samples along ``y``'s first
+    dimension, from ``D`` products (``D`` the numbers of one sample), as if no sample depended
+    on another; else one block of the whole state (``B = 1``, ``D = y.numel()``: ``n`` products).
+    The Jacobian only preconditions Newton's method and the adjoint's refinement, whose
+    residuals are exact: a batch that is not independent makes them converge slower, not wrong."""
+    count, size = (y.shape[0], y[0].numel()) if batched and y.ndim >= 2 else (1, y.numel())
     with torch.enable_grad():
         x = y.detach().requires_grad_(True)
         out = func(x)
         if not out.requires_grad:
-            return y.new_zeros(n, n)
-        basis = torch.eye(n, dtype=out.dtype, device=out.device).reshape(n, *out.shape)
+            return y.new_zeros(count, size, size)
+        eye = torch.eye(size, dtype=out.dtype, device=out.device)
+        basis = eye.reshape(size, 1, size).expand(size, count, size).reshape(size, *out.shape)
         try:
             (rows,) = torch.autograd.grad(out, x, basis, is_grads_batched=True, allow_unused=True)
         except RuntimeError:  # a func that vmap cannot batch: one product per row
             rows = torch.stack([torch.autograd.grad(out, x, e, retain_graph=True, allow_unused=True)[0] for e in basis])
     if rows is None:
-        return y.new_zeros(n, n)
-    return rows.reshape(n, n).detach()
+        return y.new_zeros(count, size, size)
+    return rows.reshape(size, count, size).transpose(0, 1).detach()  # [b, d, :] = d f_{b,d} / d y_b
 
 
 class Factorisations:
-    """The LU factorisations of ``I - h A_BB (x) J`` for one step, one per block shape."""
+    """The LU factorisations of ``I - h A_BB (x) J`` for one step, one per block shape; ``J`` as
+    ``(B, D, D)`` blocks (``jacobian``), each sample's factorised on its own."""
 
     def __init__(self, tableau: ButcherTableau, h: float, jacobian: torch.Tensor):
         self.tableau, self.h, self.jacobian = tableau, h, jacobian
@@ -152,16 +171,20 @@ class Factorisations:
         return found
 
     def solve(self, block: tuple[int, ...], rhs: torch.Tensor, transpose: bool = False) -> torch.Tensor:
+        """``rhs`` (one row per stage of the block) solved; ``transpose``: with the transpose."""
         lu, pivots = self._lu(block)
-        out = torch.linalg.lu_solve(lu, pivots, rhs.reshape(-1, 1), adjoint=transpose)
-        return out.reshape(rhs.shape)
+        count, size = self.jacobian.shape[0], self.jacobian.shape[1]
+        by_sample = rhs.reshape(len(block), count, size).transpose(0, 1).reshape(count, -1, 1)
+        out = torch.linalg.lu_solve(lu, pivots, by_sample, adjoint=transpose)
+        return out.reshape(count, len(block), size).transpose(0, 1).reshape(rhs.shape)
 
 
 def block_matrix(tableau: ButcherTableau, block: tuple[int, ...], h: float, jacobian: torch.Tensor) -> torch.Tensor:
-    """``I - h A_BB (x) J``: the Newton matrix of a block of stages."""
+    """``I - h A_BB (x) J_b`` for each block ``J_b`` of ``jacobian`` (``(B, D, D)``): ``(B, mD, mD)``."""
     a = torch.tensor([[tableau.a[i][j] for j in block] for i in block], dtype=jacobian.dtype, device=jacobian.device)
-    eye = torch.eye(jacobian.shape[0] * len(block), dtype=jacobian.dtype, device=jacobian.device)
-    return eye - h * torch.kron(a, jacobian)
+    count, size, m = jacobian.shape[0], jacobian.shape[1], len(block)
+    kron = (a[None, :, None, :, None] * jacobian[:, None, :, None, :]).reshape(count, m * size, m * size)
+    return torch.eye(m * size, dtype=jacobian.dtype, device=jacobian.device) - h * kron
 
 
 def _stage_terms(tableau: ButcherTableau, i: int, before: int):
@@ -239,7 +262,7 @@ def solve_stages(
         if preconditioner is not None:
             lus = preconditioner(t, h, y)
         else:  # the Jacobian is a preconditioner only: its time need not be nudged
-            lus = Factorisations(tableau, h, jacobian(lambda x: rhs(t, x), y))
+            lus = Factorisations(tableau, h, jacobian(lambda x: rhs(t, x), y, newton.batched))
         if stats is not None:
             stats.num_jacobians += 1
         scale = (newton.atol + newton.rtol * y.abs()).reshape(-1)
@@ -259,7 +282,12 @@ def solve_stages(
             )
             base = torch.stack(known)
             a_bb = torch.tensor([[tableau.a[i][j] for j in block] for i in block], dtype=y.dtype, device=y.device)
-            refresh = None if preconditioner is not None else (lambda i, x: jacobian(lambda v: at(i)(v), x))
+            refresh = None
+            if preconditioner is None:
+
+                def refresh(i: int, x: torch.Tensor) -> torch.Tensor:
+                    return jacobian(lambda v: at(i)(v.reshape(-1)).reshape(y.shape), x.reshape(y.shape), newton.batched)
+
             Y = _chord(at, block, Y, base, h * a_bb, lus, scale, newton.max_iters, stats, refresh)
             if Y is None:
                 return None

@@ -88,7 +88,7 @@ def stage_vjp(
         """``J_i`` at stage ``i``, ``n x n`` (``n`` products)."""
         ti = time(stage_time(tableau, i, t, t_next, h, nudge))
         count()
-        return jacobian(lambda x: func(ti, x.reshape(Ys[i].shape)), Ys[i])
+        return jacobian(lambda x: func(ti, x.reshape(Ys[i].shape)), Ys[i])[0]
 
     vjp.jacobian = stage_jacobian  # type: ignore[attr-defined]
     return vjp

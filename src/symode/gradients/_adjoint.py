@@ -379,7 +379,7 @@ class AugmentedFactorisations:
 
     def __init__(self, tableau: ButcherTableau, h: float, jacobian: torch.Tensor, n: int):
         self.state = Factorisations(tableau, h, jacobian)
-        self.adjoint = Factorisations(tableau, h, -jacobian.T.contiguous())
+        self.adjoint = Factorisations(tableau, h, -jacobian.transpose(-1, -2).contiguous())
         self.n = n
 
     def solve(self, block: tuple[int, ...], rhs: torch.Tensor, transpose: bool = False) -> torch.Tensor:
