@@ -10,7 +10,8 @@ dopri5 is tried too, and stops at 20,000 steps.
 
 Part 2 (``--part gradients``): a neural ODE with stiff dynamics, ``f(y) = MLP(y) - D y`` with
 ``D`` from 1 to 1e4 (20 states, batch 16, width 64), fixed steps of sdirk2 and kvaerno5 over
-[0, 1] with N steps; one training iteration (solve, loss, backward) per gradient method: peak
+[0, 1] with N steps (``Newton(jacobian="batched")``: the samples are independent); one training
+iteration (solve, loss, backward) per gradient method: peak
 memory (``symode.bench.peak_memory``, deterministic) and median time of interleaved repeats.
 
 Part 3 (``--torchdiffeq-src PATH``): the same iteration through torchdiffeq's implicit methods
@@ -148,9 +149,9 @@ def gradients(steps_list, repeats: int) -> None:
         for n in steps_list:
 
             def iteration(gradient, n=n, method=method):
-                sol = symode.solve(
-                    func, y0, t, method=method, steps=symode.FixedSteps(step_size=1.0 / n), gradient=gradient
-                )
+                steps = symode.FixedSteps(step_size=1.0 / n)
+                newton = symode.Newton(jacobian="batched")  # the samples are independent
+                sol = symode.solve(func, y0, t, method=method, steps=steps, gradient=gradient, newton=newton)
                 sol.ys[-1].pow(2).mean().backward()
 
             gradients_ = ["backprop", "checkpoint", "symplectic_adjoint"]
