@@ -25,7 +25,7 @@ from .._ivp import ODEProblem
 from .._stats import SolveError
 from ._first_evaluation import closure_check
 
-__all__ = ["implicit_step_adjoint"]
+__all__ = ["implicit_step_adjoint", "dense_outputs_back"]
 
 
 def implicit_step_adjoint(
@@ -82,11 +82,19 @@ def implicit_step_adjoint(
     for m in mu:
         if m is not None:
             lam_out = lam_out + m
-    for _, _, g in dense:  # y_n enters each interpolated output with weight 1
+    return dense_outputs_back(lam_out, dense, slopes, ct, out_grads), ct
+
+
+def dense_outputs_back(lam_out, dense, slopes, ct, out_grads):
+    """The end of a step's pullback for its interpolated outputs ``dense`` (``(k, theta, g_k)``):
+    ``y_n`` enters each with weight 1, so ``lam_n`` gains ``g_k``; and (``ct`` given) the
+    cotangent of each output time, ``slopes[j] = g_k^T D``, goes to ``out_grads[k]`` and moves
+    ``t_n``/``t_{n+1}`` by ``-(1 - theta)``/``-theta`` times it. Returns ``lam_n``."""
+    for _, _, g in dense:
         lam_out = lam_out + g
     if ct is not None and out_grads is not None:
         for (k, theta, _), slope in zip(dense, slopes):
             out_grads[k] = out_grads[k] + slope
             ct[0] = ct[0] - (1.0 - theta) * slope
             ct[1] = ct[1] - theta * slope
-    return lam_out, ct
+    return lam_out

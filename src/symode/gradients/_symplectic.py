@@ -27,7 +27,7 @@ from .._ivp import ODEProblem
 from .._runge_kutta import stage_state, stage_time
 from ._base import GradientMethod
 from ._first_evaluation import closure_check
-from ._implicit_adjoint import implicit_step_adjoint
+from ._implicit_adjoint import dense_outputs_back, implicit_step_adjoint
 from ._recording import StepwiseMethod, vjp
 from ._revolve import reversed_states
 
@@ -267,11 +267,4 @@ def _step_adjoint(
     for total, g in zip(param_grads, step_grads):
         total.add_(g)
     lam_out = lam if lam_step is None else lam + lam_step
-    for _, _, g in dense:  # y_n enters each interpolated output with weight 1
-        lam_out = lam_out + g
-    if ct is not None and out_grads is not None:
-        for (k, theta, _), slope in zip(dense, slopes):
-            out_grads[k] = out_grads[k] + slope
-            ct[0] = ct[0] - (1.0 - theta) * slope
-            ct[1] = ct[1] - theta * slope
-    return lam_out, ct
+    return dense_outputs_back(lam_out, dense, slopes, ct, out_grads), ct
