@@ -559,3 +559,37 @@ def test_a_batched_jacobian_gives_the_dense_ones_results():
     torch.testing.assert_close(solutions[1], solutions[0], rtol=1e-8, atol=1e-10)
     with pytest.raises(ValueError, match=r"Newton\.jacobian"):
         symode.Newton(jacobian="sparse")
+
+
+def test_a_func_that_differentiates_itself_and_a_state_too_large_for_a_dense_jacobian():
+    """A field that calls autograd inside (a CNF's trace) cannot be batched by vmap: its
+    Jacobian is formed one product at a time, and every exact method still agrees. A state
+    too large for a dense Jacobian is refused with the batched Jacobian as the fix."""
+
+    def gradient_field(t, y):
+        with torch.enable_grad():
+            x = y if y.requires_grad else y.detach().requires_grad_(True)
+            (g,) = torch.autograd.grad(torch.sin(x).sum(), x, create_graph=True)
+        return -20.0 * y + 0.5 * g
+
+    y0 = torch.tensor([[0.3, -0.2], [0.1, 0.4]], dtype=F64, requires_grad=True)
+    t = torch.tensor([0.0, 0.5], dtype=F64)
+    grads = []
+    for gradient in ("backprop", "symplectic_adjoint"):
+        sol = symode.solve(
+            gradient_field, y0, t, method="sdirk2", steps=symode.FixedSteps(step_size=0.1), gradient=gradient
+        )
+        grads.append(torch.autograd.grad(sol.ys[-1].sum(), [y0])[0])
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-10, atol=1e-14)
+    big = torch.zeros(100, 100, dtype=F64)
+    with pytest.raises(ValueError, match="batched"):
+        symode.solve(lambda t, y: -y, big, t, method="sdirk2", steps=symode.FixedSteps(step_size=0.1))
+    sol = symode.solve(
+        lambda t, y: -y,
+        big + 1.0,
+        t,
+        method="sdirk2",
+        steps=symode.FixedSteps(step_size=0.1),
+        newton=symode.Newton(jacobian="batched"),
+    )
+    assert abs(float(sol.ys[-1, 0, 0]) - math.exp(-0.5)) < 1e-3

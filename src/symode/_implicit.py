@@ -146,9 +146,10 @@ def jacobian(func: Callable[[torch.Tensor], torch.Tensor], y: torch.Tensor, batc
         eye = torch.eye(size, dtype=out.dtype, device=out.device)
         basis = eye.reshape(size, 1, size).expand(size, count, size).reshape(size, *out.shape)
         try:
-            (rows,) = torch.autograd.grad(out, x, basis, is_grads_batched=True, allow_unused=True)
-        except RuntimeError:  # a func that vmap cannot batch: one product per row
+            (rows,) = torch.autograd.grad(out, x, basis, is_grads_batched=True, allow_unused=True, retain_graph=True)
+        except RuntimeError:  # a func that vmap cannot batch (one that differentiates itself): a product per row
             rows = torch.stack([torch.autograd.grad(out, x, e, retain_graph=True, allow_unused=True)[0] for e in basis])
+        del out
     if rows is None:
         return y.new_zeros(count, size, size)
     return rows.reshape(size, count, size).transpose(0, 1).detach()  # [b, d, :] = d f_{b,d} / d y_b

@@ -177,7 +177,7 @@ def setup(
     check_bool(dense, "dense")
     layout = StateLayout.of(y0)
     ts, t_out = _output_times(t)
-    newton = _check_implicit(tableau, newton, compile, layout.flat_y0.dtype)
+    newton = _check_implicit(tableau, newton, compile, layout.flat_y0.dtype, layout.flat_y0.numel())
     if steps is None:
         steps = AdaptiveSteps()
     elif not isinstance(steps, (FixedSteps, AdaptiveSteps)):
@@ -227,7 +227,7 @@ def setup(
     return problem, grad_method, ts
 
 
-def _check_implicit(tableau: ButcherTableau, newton: Any, compile: bool, dtype: torch.dtype) -> Newton:
+def _check_implicit(tableau: ButcherTableau, newton: Any, compile: bool, dtype: torch.dtype, numel: int) -> Newton:
     """``newton`` checked (an explicit method takes none), and what implicit methods exclude."""
     if newton is not None and not isinstance(newton, Newton):
         raise TypeError(f"newton must be a symode.Newton(...), got {newton!r}")
@@ -246,7 +246,19 @@ def _check_implicit(tableau: ButcherTableau, newton: Any, compile: bool, dtype: 
             f"the implicit method {tableau.name!r} factorises its Newton matrices, which {name} cannot: solve in "
             f"float32 or float64 (y0.float())"
         )
-    return newton or Newton()
+    newton = newton or Newton()
+    if newton.jacobian == "dense" and numel > DENSE_JACOBIAN_LIMIT:
+        raise ValueError(
+            f"the implicit method {tableau.name!r} forms the Jacobian of f, and the state has {numel} numbers: a "
+            f"dense Jacobian would take {numel}^2 entries and {numel} products per step. If y0's first dimension "
+            f"is a batch of independent samples (a neural ODE on a batch), pass newton=symode.Newton(jacobian="
+            f"'batched'); else use an explicit method"
+        )
+    return newton
+
+
+#: the largest state an implicit method forms the dense Jacobian of (8192^2 float64 entries: 0.5 GB)
+DENSE_JACOBIAN_LIMIT = 8192
 
 
 def _user_norm(norm: Callable[[Any], Any], layout: StateLayout) -> Callable[[torch.Tensor], torch.Tensor]:
