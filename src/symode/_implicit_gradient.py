@@ -43,16 +43,19 @@ def stage_vjp(
     count: Callable[[], None],
     check: Callable[..., None] | None = None,
 ):
-    """``vjp(i, v, final)`` for ``adjoint_stages``: ``J_i^T v`` at stage ``i``; the stage's graph
-    is kept between the products of one stage (a diagonally implicit method's refinement) and
-    freed at its final product, which also adds ``v``'s parameter cotangents to
-    ``param_grads`` and, with ``time_cotangents = [ct_n, ct_next]``, those of the end times
+    """``vjp(i, v, final, keep=True)`` for ``adjoint_stages``: ``J_i^T v`` at stage ``i``; with
+    ``keep`` the stage's graph is kept between the products of one stage (a diagonally implicit
+    method's refinement: one network use in the graph) and freed at its final product; without,
+    it is built for the product and freed (a coupled block's sweep, one stage after another, so
+    that one use is in the graph at a time). The final product also adds ``v``'s parameter
+    cotangents to ``param_grads`` and, with ``time_cotangents = [ct_n, ct_next]``, those of the end times
     (``g_i = v^T df/dt``: ``(1 - c_i) g_i`` to ``t_n``, ``c_i g_i`` to ``t_{n+1}``; and ``v^T K_i / h``
     from ``h``)."""
     h = t_next - t
     held: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
-    def vjp(i: int, v: torch.Tensor, final: bool) -> torch.Tensor | None:
+    def vjp(i: int, v: torch.Tensor, final: bool, keep: bool = True) -> torch.Tensor | None:
+        keep = keep and not final
         if i not in held:
             with torch.enable_grad():
                 Y = Ys[i].detach().requires_grad_(True)
@@ -62,15 +65,13 @@ def stage_vjp(
                 if check is not None:
                     check(out, (Y, T))
             held[i] = (Y, T, out)
-        Y, T, out = held[i]
+        Y, T, out = held[i] if keep else held.pop(i)
         if not out.requires_grad:
-            held.pop(i) if final else None
             return None
         with_time = final and time_cotangents is not None
         wrt = ((Y, T) if with_time else (Y,)) + (tuple(params) if final else ())
-        grads = torch.autograd.grad(out, wrt, v, retain_graph=not final, allow_unused=True)
+        grads = torch.autograd.grad(out, wrt, v, retain_graph=keep, allow_unused=True)
         if final:
-            del held[i]
             for acc, g in zip(param_grads, grads[2 if with_time else 1 :]):
                 if g is not None:
                     acc.add_(g)
@@ -207,7 +208,7 @@ def _refined(vjp, tableau: ButcherTableau, block, h: float, lus, c_b: torch.Tens
     k_b = lus.solve(block, c_b.reshape(m, -1), transpose=True).reshape(c_b.shape)
     previous = math.inf
     for sweep in range(_MAX_SWEEPS):
-        jt = torch.stack([_or_zero(vjp(i, k, False), zero) for i, k in zip(block, k_b)])
+        jt = torch.stack([_or_zero(vjp(i, k, False, m == 1), zero) for i, k in zip(block, k_b)])
         residual = c_b + h * (a_bb.T @ jt.reshape(m, -1)).reshape(c_b.shape) - k_b
         update = lus.solve(block, residual.reshape(m, -1), transpose=True).reshape(c_b.shape)
         k_b = k_b + update

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from ._implicit import Newton, implicit_step
+from ._implicit import Newton, NewtonSettings, implicit_step
 from ._integrate import Trajectory, integrate
 from ._random import RandomTape, StepReplay
 from ._runge_kutta import Nudged, rk_step
@@ -183,7 +183,7 @@ class ODEProblem:
                 self.stats.count("nfe_forward", n)
 
             step = CompiledStep(self.func, rhs, self.tableau, count, self.y0.dtype, self.y0.device)
-        elif self.tableau.implicit:
+        else:
             step = self.stepper(rhs)
         return integrate(
             rhs,
@@ -215,9 +215,16 @@ class ODEProblem:
             return functools.partial(rk_step, rhs, self.tableau)
         from ._implicit_gradient import StageGradient
 
-        settings = self.newton.settings(self.y0.dtype, self.rtol, self.atol)
         gradient = StageGradient(self, self.stage_check)
-        return functools.partial(implicit_step, rhs, self.tableau, newton=settings, stats=self.stats, gradient=gradient)
+        return functools.partial(
+            implicit_step, rhs, self.tableau, newton=self.newton_settings, stats=self.stats, gradient=gradient
+        )
+
+    @property
+    def newton_settings(self) -> NewtonSettings:
+        """The tolerances an implicit method's stages are solved to: the one source for the
+        forward steps and for every recomputation of them, which must find the same stages."""
+        return self.newton.settings(self.y0.dtype, self.rtol, self.atol)
 
     def replay(self, n: int, capture: bool = False) -> StepReplay | None:
         """The replay of accepted step ``n``'s random numbers (``symode._random``), or ``None``

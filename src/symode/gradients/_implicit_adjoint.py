@@ -45,8 +45,9 @@ def implicit_step_adjoint(
     ``(lambda_n, (ct_n, ct_next) or None)``."""
     tableau = problem.tableau
     h = t_next - t
-    settings = problem.newton.settings(problem.y0.dtype, problem.rtol, problem.atol)
-    solved = solve_stages(problem.rhs("nfe_backward"), tableau, t, t_next, y, settings, None, nudge=nudge)
+    solved = solve_stages(
+        problem.rhs("nfe_backward"), tableau, t, t_next, y, problem.newton_settings, None, nudge=nudge
+    )
     if solved is None:  # the forward step converged from the same inputs: only a changed f gets here
         raise SolveError(
             f"recomputing the step from t = {t!r} to t = {t_next!r} of {tableau.name!r}, Newton's method did not "

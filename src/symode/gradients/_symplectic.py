@@ -44,7 +44,9 @@ class SymplecticAdjoint(StepwiseMethod):
 
     Args:
         store_stages: keep the stage states of every step from the forward pass (memory
-            ``N s' |y|`` instead of ``N |y|``) and skip the recomputation.
+            ``N s' |y|`` instead of ``N |y|``) and skip the recomputation. An implicit method
+            recomputes its stages by Newton's method whatever this says (the step's Jacobian
+            factorisation, which the adjoint solve needs, comes with them), so nothing is kept.
         max_checkpoints: keep at most this many states besides ``y0`` and recompute the others
             from the recorded step grid with a binomial (revolve) schedule, so that memory
             stops growing with ``N``; the recomputed steps reproduce the forward steps exactly.
@@ -82,7 +84,8 @@ class SymplecticAdjoint(StepwiseMethod):
         return f"SymplecticAdjoint({', '.join(args)})"
 
     def record(self, problem: ODEProblem, y0: torch.Tensor, f0: torch.Tensor) -> Trajectory:
-        return problem.integrate(y0, keep_states=self.max_checkpoints is None, keep_stages=self.store_stages, f0=f0)
+        keep_stages = self.store_stages and not problem.tableau.implicit  # see store_stages
+        return problem.integrate(y0, keep_states=self.max_checkpoints is None, keep_stages=keep_stages, f0=f0)
 
     def states(self, problem: ODEProblem, trajectory: Trajectory) -> Iterator[tuple[int, torch.Tensor]]:
         num_steps = len(trajectory.grid) - 1
@@ -100,7 +103,7 @@ class SymplecticAdjoint(StepwiseMethod):
         )
 
     def step_back(self, problem, trajectory, n, y, lam, params, param_grads, time_grads, dense, out_grads):
-        stored = trajectory.stages[n] if self.store_stages else None
+        stored = trajectory.stages[n] if trajectory.stages is not None else None
         lam, time_cotangents = _step_adjoint(
             problem,
             n,
