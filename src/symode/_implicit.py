@@ -42,6 +42,7 @@ from typing import Any
 import torch
 
 from ._checks import positive_int
+from ._krylov import KrylovSolver, Linearisation
 from ._random import rng_states, same_states
 from ._runge_kutta import combine, stage_time, stage_time_perturbation
 from ._stats import SolveError, Stats
@@ -76,17 +77,23 @@ class Newton:
             for ``n`` numbers); ``"batched"``: the state's first dimension is a batch of
             independent samples (a neural ODE on a batch), and only each sample's block is
             formed (``D`` products for samples of ``D`` numbers, one small LU per sample). It
-            preconditions only: a batch whose samples interact converges slower, never wrong.
+            preconditions only: a batch whose samples interact converges slower, never wrong;
+            ``"krylov"``: none at all (a large state whose parts interact, a discretised PDE):
+            the Newton matrices are solved by GMRES with Jacobian-vector products, and the
+            adjoint's stage equations with vector-Jacobian products (``symode._krylov``).
+        krylov_iters: with ``"krylov"``, the most products (and basis states) of one GMRES solve.
     """
 
     rtol: float | None = None
     atol: float | None = None
     max_iters: int | None = None
     jacobian: str = "dense"
+    krylov_iters: int = 30
 
     def __post_init__(self) -> None:
-        if self.jacobian not in ("dense", "batched"):
-            raise ValueError(f"Newton.jacobian must be 'dense' or 'batched', got {self.jacobian!r}")
+        if self.jacobian not in ("dense", "batched", "krylov"):
+            raise ValueError(f"Newton.jacobian must be 'dense', 'batched' or 'krylov', got {self.jacobian!r}")
+        object.__setattr__(self, "krylov_iters", positive_int(self.krylov_iters, "Newton.krylov_iters"))
         for name in ("rtol", "atol"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
@@ -100,13 +107,14 @@ class Newton:
         floor = max(100.0 * eps, 0.01 * eps**0.5)  # tighter fails against round-off on stiff steps
         if rtol is None or atol is None:  # fixed steps
             return NewtonSettings(
-                self.rtol or floor, self.atol or floor, self.max_iters or 50, self.jacobian == "batched"
+                self.rtol or floor, self.atol or floor, self.max_iters or 50, self.jacobian, self.krylov_iters
             )
         return NewtonSettings(
             self.rtol if self.rtol is not None else rtol * 0.01,
             self.atol if self.atol is not None else atol * 0.01,
             self.max_iters or 10,
-            self.jacobian == "batched",
+            self.jacobian,
+            self.krylov_iters,
         )
 
 
@@ -117,7 +125,16 @@ class NewtonSettings:
     rtol: Any
     atol: Any
     max_iters: int
-    batched: bool = False
+    jacobian: str = "dense"
+    krylov_iters: int = 30
+
+    def linearise(self, tableau: ButcherTableau, h: float, func: Callable[[torch.Tensor], torch.Tensor], y):
+        """The solver of ``I - h A_BB (x) J`` for ``J = df/dy`` at ``y``: ``Factorisations`` of the
+        Jacobian formed by autograd, or a matrix-free ``KrylovSolver``."""
+        if self.jacobian == "krylov":
+            point = Linearisation(func, y)
+            return KrylovSolver(tableau, h, point.matvec, point.rmatvec, self.krylov_iters)
+        return Factorisations(tableau, h, jacobian(func, y, self.jacobian == "batched"))
 
 
 @functools.cache
@@ -212,7 +229,7 @@ def _chord(at, block, Y, base, h_a, lus, scale, max_iters: int, stats: Stats | N
         if _converged(size, previous):
             return Y
         if refresh is not None and size > 0.3 * previous:
-            lus = Factorisations(lus.tableau, lus.h, refresh(block[-1], Y[-1]))
+            lus = refresh(block[-1], Y[-1])
             if stats is not None:
                 stats.num_jacobians += 1
         elif size > 2.0 * previous:  # diverging: the step is too long for the chord iteration
@@ -263,7 +280,7 @@ def solve_stages(
         if preconditioner is not None:
             lus = preconditioner(t, h, y)
         else:  # the Jacobian is a preconditioner only: its time need not be nudged
-            lus = Factorisations(tableau, h, jacobian(lambda x: rhs(t, x), y, newton.batched))
+            lus = newton.linearise(tableau, h, lambda x: rhs(t, x), y)
         if stats is not None:
             stats.num_jacobians += 1
         scale = (newton.atol + newton.rtol * y.abs()).reshape(-1)
@@ -286,8 +303,10 @@ def solve_stages(
             refresh = None
             if preconditioner is None:
 
-                def refresh(i: int, x: torch.Tensor) -> torch.Tensor:
-                    return jacobian(lambda v: at(i)(v.reshape(-1)).reshape(y.shape), x.reshape(y.shape), newton.batched)
+                def refresh(i: int, x: torch.Tensor) -> Any:
+                    func = at(i)
+                    shape = y.shape
+                    return newton.linearise(tableau, h, lambda v: func(v.reshape(-1)).reshape(shape), x.reshape(shape))
 
             Y = _chord(at, block, Y, base, h * a_bb, lus, scale, newton.max_iters, stats, refresh)
             if Y is None:
@@ -365,4 +384,6 @@ def implicit_step(
             if tableau.diagonally_implicit:  # filtered, as Hairer & Wanner's (IV.8): stiff components damped
                 last = (tableau.num_stages - 1,)
                 error = lus.solve(last, error.reshape(1, -1)).reshape(error.shape)
+    if isinstance(lus, KrylovSolver):
+        lus.release()  # its graphs: the gradient's refinement solves with the stages' own products
     return y_next, error, list(ks), list(Ys) if keep_stage_states else [None] * tableau.num_stages

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from ._implicit import blocks, jacobian
+from ._krylov import gmres
 from ._runge_kutta import stage_time
 from ._stats import SolveError
 from ._tableau import ButcherTableau
@@ -194,6 +195,8 @@ def adjoint_stages(
 
 #: the refinement's sweeps before it is judged slow, and the largest state solved directly then
 _FAST_SWEEPS, _DIRECT_LIMIT, _MAX_SWEEPS = 8, 2048, 200
+#: the relative residual of each matrix-free inner solve of the refinement (``Newton(jacobian="krylov")``)
+_KRYLOV_RTOL = 1e-6
 
 
 def _refined(vjp, tableau: ButcherTableau, block, h: float, lus, c_b: torch.Tensor, a_bb, where: float) -> torch.Tensor:
@@ -205,12 +208,20 @@ def _refined(vjp, tableau: ButcherTableau, block, h: float, lus, c_b: torch.Tens
     m = len(block)
     zero = torch.zeros_like(c_b[0])
     eps = torch.finfo(c_b.dtype).eps
-    k_b = lus.solve(block, c_b.reshape(m, -1), transpose=True).reshape(c_b.shape)
+
+    def operator(k_b: torch.Tensor) -> torch.Tensor:  # k_b - h (A_BB^T (x) I) diag(J_i^T) k_b
+        jt = torch.stack([_or_zero(vjp(i, k, False, m == 1), zero) for i, k in zip(block, k_b.reshape(c_b.shape))])
+        return (k_b.reshape(c_b.shape) - h * (a_bb.T @ jt.reshape(m, -1)).reshape(c_b.shape)).reshape(k_b.shape)
+
+    def inner(rhs: torch.Tensor) -> torch.Tensor:
+        if getattr(lus, "matrix_free", False):  # GMRES on the stages' own operator
+            return gmres(operator, rhs.reshape(-1), _KRYLOV_RTOL, lus.max_iters)[0].reshape(rhs.shape)
+        return lus.solve(block, rhs.reshape(m, -1), transpose=True).reshape(rhs.shape)
+
+    k_b = inner(c_b)
     previous = math.inf
     for sweep in range(_MAX_SWEEPS):
-        jt = torch.stack([_or_zero(vjp(i, k, False, m == 1), zero) for i, k in zip(block, k_b)])
-        residual = c_b + h * (a_bb.T @ jt.reshape(m, -1)).reshape(c_b.shape) - k_b
-        update = lus.solve(block, residual.reshape(m, -1), transpose=True).reshape(c_b.shape)
+        update = inner(c_b - operator(k_b))
         k_b = k_b + update
         size = float(update.abs().max())
         if size <= 8 * eps * float(k_b.abs().max()) or size == 0.0:

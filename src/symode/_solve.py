@@ -252,7 +252,8 @@ def _check_implicit(tableau: ButcherTableau, newton: Any, compile: bool, dtype: 
             f"the implicit method {tableau.name!r} forms the Jacobian of f, and the state has {numel} numbers: a "
             f"dense Jacobian would take {numel}^2 entries and {numel} products per step. If y0's first dimension "
             f"is a batch of independent samples (a neural ODE on a batch), pass newton=symode.Newton(jacobian="
-            f"'batched'); else use an explicit method"
+            f"'batched'); else newton=symode.Newton(jacobian='krylov') (matrix-free: GMRES with Jacobian-vector "
+            f"products)"
         )
     return newton
 

@@ -40,14 +40,14 @@ from typing import Any
 import torch
 
 from .._checks import check_tolerance
-from .._implicit import Factorisations, implicit_step
-from .._implicit import jacobian as state_jacobian
+from .._implicit import implicit_step
 from .._integrate import Trajectory, integrate
 from .._ivp import ODEProblem
 from .._methods import get_tableau
 from .._stats import Stats
 from .._step_size import AdaptiveSteps, FixedSteps, Tolerance, rms_norm
 from .._tableau import ButcherTableau
+from ._augmented import augmented_preconditioner
 from ._base import GradientMethod
 from ._first_evaluation import check_closures
 from ._recording import RecordingMethod
@@ -289,17 +289,10 @@ class _BackwardSolver:
     def _implicit_step(self, dtype: torch.dtype):
         """An implicit method's step on the augmented system: Newton's method preconditioned by
         its diagonal blocks, ``J`` for ``y``, ``-J^T`` for ``a`` and zero for the parameters'
-        part (``AugmentedFactorisations``), so that no Jacobian of the size of the parameters
+        part (``symode.gradients._augmented``), so that no Jacobian of the size of the parameters
         is ever formed; Newton's residual is the full system's, so it converges to it."""
-        problem, n = self.problem, self.n
-
-        def preconditioner(t: float, h: float, z: torch.Tensor) -> AugmentedFactorisations:
-            y = z[:n].view(problem.y0.shape)
-            problem.stats.num_jacobians += 1
-            jacobian = state_jacobian(lambda x: problem.func(problem.time(t), x), y)
-            return AugmentedFactorisations(self.tableau, h, jacobian, n)
-
-        settings = problem.newton.settings(dtype, self.rtol, self.atol)
+        settings = self.problem.newton.settings(dtype, self.rtol, self.atol)
+        preconditioner = augmented_preconditioner(self.problem, self.tableau, settings, self.n)
         return functools.partial(implicit_step, self.rhs, self.tableau, newton=settings, preconditioner=preconditioner)
 
     def run(self, ys: Sequence[torch.Tensor], grad_ys: torch.Tensor, with_time: bool = False):
@@ -371,20 +364,3 @@ def _checked_tolerance(value: Any, name: str) -> float | torch.Tensor | None:
     if isinstance(value, torch.Tensor) and value.numel() == 1:
         return float(value.item())
     return value if isinstance(value, torch.Tensor) else float(value)
-
-
-class AugmentedFactorisations:
-    """``I - h A_BB (x) J_z`` for the augmented state ``z = [y, a, g]`` with ``J_z`` the block
-    diagonal ``diag(J, -J^T, 0)``: one LU for ``y``, one for ``a``, the identity for ``g``."""
-
-    def __init__(self, tableau: ButcherTableau, h: float, jacobian: torch.Tensor, n: int):
-        self.state = Factorisations(tableau, h, jacobian)
-        self.adjoint = Factorisations(tableau, h, -jacobian.transpose(-1, -2).contiguous())
-        self.n = n
-
-    def solve(self, block: tuple[int, ...], rhs: torch.Tensor, transpose: bool = False) -> torch.Tensor:
-        n, m = self.n, len(block)
-        z = rhs.reshape(m, -1)
-        y = self.state.solve(block, z[:, :n].contiguous(), transpose)
-        a = self.adjoint.solve(block, z[:, n : 2 * n].contiguous(), transpose)
-        return torch.cat([y, a, z[:, 2 * n :]], dim=1).reshape(rhs.shape)
