@@ -20,8 +20,8 @@ from ._compat import (
 )
 from ._dense_solution import DenseSolution
 from ._events import Event, EventHit
-from ._implicit import Newton
 from ._methods import TABLEAUS, get_tableau
+from ._newton import Newton
 from ._solve import Solution, solve
 from ._state import StateLayout
 from ._stats import SolveError, Stats

@@ -24,8 +24,8 @@ import torch
 from ._adams import ADAMS_METHODS
 from ._checks import check_bool
 from ._dense_solution import DenseSolution
-from ._implicit import Newton
 from ._methods import get_tableau
+from ._newton import Newton
 from ._options import Method, Params, make_steps, odeint_adams, odeint_to_event
 from ._scipy import scipy_solve
 from ._solve import solve

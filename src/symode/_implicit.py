@@ -36,105 +36,18 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from ._checks import positive_int
-from ._krylov import KrylovSolver, Linearisation
+from ._krylov import KrylovSolver
+from ._newton import NewtonSettings, StartJacobian
 from ._random import rng_states, same_states
 from ._runge_kutta import combine, stage_time, stage_time_perturbation
 from ._stats import SolveError, Stats
 from ._tableau import ButcherTableau, _relative_to_largest
 
-__all__ = [
-    "Newton",
-    "NewtonSettings",
-    "Factorisations",
-    "jacobian",
-    "implicit_step",
-    "solve_stages",
-    "blocks",
-    "block_matrix",
-]
-
-
-@dataclass(frozen=True)
-class Newton:
-    """How the stage equations of an implicit method are solved.
-
-    Args:
-        rtol, atol: Newton's method stops when the error it leaves, in units of ``atol + rtol
-            |y_n|`` (RMS norm), is estimated at most 1. ``None``: 1% of the solve's ``rtol``/``atol`` with adaptive
-            steps (as diffrax and Hairer's RADAU5 do); with fixed steps ``max(100 eps, sqrt(eps) /
-            100)`` of the state's dtype (float64: 1.5e-10, float32: 1.2e-5), about as tight
-            as the stages of a stiff problem's long steps can be held against round-off.
-        max_iters: iterations before a step is given up: an adaptive solve retries it smaller;
-            a fixed-step solve raises ``SolveError``. ``None``: 10 with adaptive steps, 50 with
-            fixed ones (which have no smaller step to retry).
-        jacobian: ``"dense"``: the Jacobian of the whole state (``n`` vector-Jacobian products
-            for ``n`` numbers); ``"batched"``: the state's first dimension is a batch of
-            independent samples (a neural ODE on a batch), and only each sample's block is
-            formed (``D`` products for samples of ``D`` numbers, one small LU per sample). It
-            preconditions only: a batch whose samples interact converges slower, never wrong;
-            ``"krylov"``: none at all (a large state whose parts interact, a discretised PDE):
-            the Newton matrices are solved by GMRES with Jacobian-vector products, and the
-            adjoint's stage equations with vector-Jacobian products (``symode._krylov``).
-        krylov_iters: with ``"krylov"``, the most products (and basis states) of one GMRES solve.
-    """
-
-    rtol: float | None = None
-    atol: float | None = None
-    max_iters: int | None = None
-    jacobian: str = "dense"
-    krylov_iters: int = 30
-
-    def __post_init__(self) -> None:
-        if self.jacobian not in ("dense", "batched", "krylov"):
-            raise ValueError(f"Newton.jacobian must be 'dense', 'batched' or 'krylov', got {self.jacobian!r}")
-        object.__setattr__(self, "krylov_iters", positive_int(self.krylov_iters, "Newton.krylov_iters"))
-        for name in ("rtol", "atol"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
-                raise ValueError(f"Newton.{name} must be a positive float or None, got {value!r}")
-        if self.max_iters is not None:
-            object.__setattr__(self, "max_iters", positive_int(self.max_iters, "Newton.max_iters"))
-
-    def settings(self, dtype: torch.dtype, rtol: Any = None, atol: Any = None) -> NewtonSettings:
-        """The tolerances a solve uses: its own, or those of ``rtol``/``atol`` (adaptive steps)."""
-        eps = torch.finfo(dtype).eps
-        floor = max(100.0 * eps, 0.01 * eps**0.5)  # tighter fails against round-off on stiff steps
-        if rtol is None or atol is None:  # fixed steps
-            return NewtonSettings(
-                self.rtol or floor, self.atol or floor, self.max_iters or 50, self.jacobian, self.krylov_iters
-            )
-        return NewtonSettings(
-            self.rtol if self.rtol is not None else rtol * 0.01,
-            self.atol if self.atol is not None else atol * 0.01,
-            self.max_iters or 10,
-            self.jacobian,
-            self.krylov_iters,
-        )
-
-
-@dataclass(frozen=True)
-class NewtonSettings:
-    """A solve's resolved Newton tolerances (floats or tensors shaped like the state)."""
-
-    rtol: Any
-    atol: Any
-    max_iters: int
-    jacobian: str = "dense"
-    krylov_iters: int = 30
-
-    def linearise(self, tableau: ButcherTableau, h: float, func: Callable[[torch.Tensor], torch.Tensor], y):
-        """The solver of ``I - h A_BB (x) J`` for ``J = df/dy`` at ``y``: ``Factorisations`` of the
-        Jacobian formed by autograd, or a matrix-free ``KrylovSolver``."""
-        if self.jacobian == "krylov":
-            point = Linearisation(func, y)
-            return KrylovSolver(tableau, h, point.matvec, point.rmatvec, self.krylov_iters)
-        return Factorisations(tableau, h, jacobian(func, y, self.jacobian == "batched"))
+__all__ = ["implicit_step", "solve_stages", "blocks"]
 
 
 @functools.cache
@@ -145,64 +58,6 @@ def blocks(tableau: ButcherTableau) -> tuple[tuple[int, ...], ...]:
     if tableau.diagonally_implicit:
         return tuple((i,) for i in range(s))
     return (tuple(range(s)),)
-
-
-def jacobian(func: Callable[[torch.Tensor], torch.Tensor], y: torch.Tensor, batched: bool = False) -> torch.Tensor:
-    """``df/dy`` at ``y`` by reverse mode, as ``(B, D, D)`` blocks: with ``batched`` (``Newton(
-    jacobian="batched")``) the blocks ``df_b/dy_b`` of the samples along ``y``'s first
-    dimension, from ``D`` products (``D`` the numbers of one sample), as if no sample depended
-    on another; else one block of the whole state (``B = 1``, ``D = y.numel()``: ``n`` products).
-    The Jacobian only preconditions Newton's method and the adjoint's refinement, whose
-    residuals are exact: a batch that is not independent makes them converge slower, not wrong."""
-    count, size = (y.shape[0], y[0].numel()) if batched and y.ndim >= 2 else (1, y.numel())
-    with torch.enable_grad():
-        x = y.detach().requires_grad_(True)
-        out = func(x)
-        if not out.requires_grad:
-            return y.new_zeros(count, size, size)
-        eye = torch.eye(size, dtype=out.dtype, device=out.device)
-        basis = eye.reshape(size, 1, size).expand(size, count, size).reshape(size, *out.shape)
-        try:
-            (rows,) = torch.autograd.grad(out, x, basis, is_grads_batched=True, allow_unused=True, retain_graph=True)
-        except RuntimeError:  # a func that vmap cannot batch (one that differentiates itself): a product per row
-            rows = torch.stack([torch.autograd.grad(out, x, e, retain_graph=True, allow_unused=True)[0] for e in basis])
-        del out
-    if rows is None:
-        return y.new_zeros(count, size, size)
-    return rows.reshape(size, count, size).transpose(0, 1).detach()  # [b, d, :] = d f_{b,d} / d y_b
-
-
-class Factorisations:
-    """The LU factorisations of ``I - h A_BB (x) J`` for one step, one per block shape; ``J`` as
-    ``(B, D, D)`` blocks (``jacobian``), each sample's factorised on its own."""
-
-    def __init__(self, tableau: ButcherTableau, h: float, jacobian: torch.Tensor):
-        self.tableau, self.h, self.jacobian = tableau, h, jacobian
-        self.cache: dict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor]] = {}
-
-    def _lu(self, block: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-        key = tuple(self.tableau.a[i][j] for i in block for j in block)
-        found = self.cache.get(key)  # type: ignore[arg-type]
-        if found is None:
-            found = torch.linalg.lu_factor(block_matrix(self.tableau, block, self.h, self.jacobian))
-            self.cache[key] = found  # type: ignore[index]
-        return found
-
-    def solve(self, block: tuple[int, ...], rhs: torch.Tensor, transpose: bool = False) -> torch.Tensor:
-        """``rhs`` (one row per stage of the block) solved; ``transpose``: with the transpose."""
-        lu, pivots = self._lu(block)
-        count, size = self.jacobian.shape[0], self.jacobian.shape[1]
-        by_sample = rhs.reshape(len(block), count, size).transpose(0, 1).reshape(count, -1, 1)
-        out = torch.linalg.lu_solve(lu, pivots, by_sample, adjoint=transpose)
-        return out.reshape(count, len(block), size).transpose(0, 1).reshape(rhs.shape)
-
-
-def block_matrix(tableau: ButcherTableau, block: tuple[int, ...], h: float, jacobian: torch.Tensor) -> torch.Tensor:
-    """``I - h A_BB (x) J_b`` for each block ``J_b`` of ``jacobian`` (``(B, D, D)``): ``(B, mD, mD)``."""
-    a = torch.tensor([[tableau.a[i][j] for j in block] for i in block], dtype=jacobian.dtype, device=jacobian.device)
-    count, size, m = jacobian.shape[0], jacobian.shape[1], len(block)
-    kron = (a[None, :, None, :, None] * jacobian[:, None, :, None, :]).reshape(count, m * size, m * size)
-    return torch.eye(m * size, dtype=jacobian.dtype, device=jacobian.device) - h * kron
 
 
 def _stage_terms(tableau: ButcherTableau, i: int, before: int):
@@ -262,13 +117,16 @@ def solve_stages(
     k1: torch.Tensor | None = None,
     nudge: tuple[bool, bool] | None = None,
     preconditioner: Callable[[float, float, torch.Tensor], Any] | None = None,
+    start: StartJacobian | None = None,
 ) -> tuple[list[torch.Tensor], list[torch.Tensor], Any] | None:
     """The converged stage states and their derivatives ``(Ys, Ks, factorisations)``, without a
     graph; ``None`` when Newton's method does not converge. Deterministic in its inputs.
     ``preconditioner(t, h, y)``: the factorisations of ``I - h A_BB (x) J`` (an object with
-    ``solve(block, rhs, transpose=False)``) in place of those of the Jacobian by autograd."""
+    ``solve(block, rhs, transpose=False)``) in place of those of the Jacobian by autograd;
+    ``start``: the Jacobian kept for a retry from the same ``(t, y)`` (``StartJacobian``)."""
     h = t_next - t
     s = tableau.num_stages
+    given = y
     with torch.no_grad():
         y = y.detach()
         flat = y.reshape(-1)
@@ -277,11 +135,14 @@ def solve_stages(
             ti = stage_time(tableau, i, t, t_next, h, nudge)
             return lambda x: rhs(ti, x.reshape(y.shape)).reshape(-1)
 
+        fresh = True
         if preconditioner is not None:
             lus = preconditioner(t, h, y)
         else:  # the Jacobian is a preconditioner only: its time need not be nudged
-            lus = newton.linearise(tableau, h, lambda x: rhs(t, x), y)
-        if stats is not None:
+            point = functools.partial(newton.point, lambda x: rhs(t, x), y)
+            found, fresh = start.get(t, given, point) if start is not None else (point(), True)
+            lus = newton.solver(tableau, h, found)
+        if stats is not None and fresh:
             stats.num_jacobians += 1
         scale = (newton.atol + newton.rtol * y.abs()).reshape(-1)
         Ys: list[torch.Tensor | None] = [None] * s
@@ -331,6 +192,7 @@ def implicit_step(
     stats: Stats | None = None,
     gradient: Callable[..., Any] | None = None,
     preconditioner: Callable[[float, float, torch.Tensor], Any] | None = None,
+    start: StartJacobian | None = None,
     with_error: bool = True,
     stages: Sequence[int] | None = None,
     dts=None,
@@ -344,7 +206,9 @@ def implicit_step(
     smaller); without an error estimate, ``SolveError``."""
     del stages  # every stage is solved
     before = rng_states(y.device)
-    solved = solve_stages(rhs, tableau, t, t_next, y, newton, stats, k1=k1, nudge=nudge, preconditioner=preconditioner)
+    solved = solve_stages(
+        rhs, tableau, t, t_next, y, newton, stats, k1=k1, nudge=nudge, preconditioner=preconditioner, start=start
+    )
     if not same_states(before, rng_states(y.device)):
         raise ValueError(
             f"func draws random numbers (dropout in training mode, torch.randn, ...), but the implicit method "

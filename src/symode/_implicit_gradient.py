@@ -21,8 +21,9 @@ from typing import Any
 
 import torch
 
-from ._implicit import blocks, jacobian
+from ._implicit import blocks
 from ._krylov import gmres
+from ._newton import jacobian
 from ._runge_kutta import stage_time
 from ._stats import SolveError
 from ._tableau import ButcherTableau

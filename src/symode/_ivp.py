@@ -18,8 +18,9 @@ from typing import Any
 
 import torch
 
-from ._implicit import Newton, NewtonSettings, implicit_step
+from ._implicit import implicit_step
 from ._integrate import Trajectory, integrate
+from ._newton import Newton, NewtonSettings, StartJacobian
 from ._random import RandomTape, StepReplay
 from ._runge_kutta import Nudged, rk_step
 from ._state import StateLayout
@@ -217,7 +218,13 @@ class ODEProblem:
 
         gradient = StageGradient(self, self.stage_check)
         return functools.partial(
-            implicit_step, rhs, self.tableau, newton=self.newton_settings, stats=self.stats, gradient=gradient
+            implicit_step,
+            rhs,
+            self.tableau,
+            newton=self.newton_settings,
+            stats=self.stats,
+            gradient=gradient,
+            start=StartJacobian(),  # a rejected step's retries reuse its Jacobian
         )
 
     @property

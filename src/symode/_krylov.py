@@ -98,7 +98,7 @@ def _not_twice(why: str) -> TypeError:
 
 class KrylovSolver:
     """The solves with ``I - h A_BB (x) J`` of one step by GMRES, ``J`` given as ``matvec``/``rmatvec``
-    on flat vectors: the matrix-free counterpart of ``symode._implicit.Factorisations``."""
+    on flat vectors: the matrix-free counterpart of ``symode._newton.Factorisations``."""
 
     matrix_free = True
     products: tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[torch.Tensor], torch.Tensor]] | None

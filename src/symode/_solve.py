@@ -28,9 +28,9 @@ from ._checks import check_bool
 from ._dense import fixed_grid_tableau, interpolation_tableau
 from ._dense_solution import DenseSolution
 from ._events import EventHit, as_events, solve_to_event
-from ._implicit import Newton
 from ._ivp import ODEProblem, StepCallbacks
 from ._methods import get_tableau
+from ._newton import Newton
 from ._state import State, StateLayout
 from ._stats import Stats
 from ._step_size import AdaptiveSteps, FixedSteps

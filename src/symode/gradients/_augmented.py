@@ -13,10 +13,10 @@ from typing import Any
 
 import torch
 
-from .._implicit import Factorisations, NewtonSettings
-from .._implicit import jacobian as state_jacobian
 from .._ivp import ODEProblem
 from .._krylov import KrylovSolver, Linearisation
+from .._newton import Factorisations, NewtonSettings
+from .._newton import jacobian as state_jacobian
 from .._tableau import ButcherTableau
 
 __all__ = ["augmented_preconditioner", "augmented_products", "AugmentedFactorisations"]
