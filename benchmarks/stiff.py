@@ -20,8 +20,16 @@ repository; the release on PyPI has none), which differentiates through its Broy
 iterations: memory, time, and the relative difference of its solution and gradient from
 symode's (stages held to 1e-12).
 
-    python benchmarks/stiff.py                       # both parts, ~10 minutes on 2 CPUs
+Part 4 (``--part krylov``): a state whose numbers all interact, the heat equation with a
+reaction term (``u_t = k u_xx + w sin(u) cos(t)``, ``k = 0.01``, ``n`` grid points: eigenvalues
+down to ``-0.04 (n + 1)^2``) over [0, 1], kvaerno5 at rtol 1e-6, one training iteration with
+the symplectic adjoint and with backprop, by the dense Jacobian (``n`` products and an ``n x n``
+LU per Jacobian) and matrix-free (``Newton(jacobian="krylov")``): steps, Jacobians (or points
+linearised at), Newton iterations, time, peak memory, and the gradient's relative difference.
+
+    python benchmarks/stiff.py                       # parts 1 and 2, ~10 minutes on 2 CPUs
     python benchmarks/stiff.py --part gradients --steps 10 20 40
+    python benchmarks/stiff.py --part krylov --sizes 64 256 512
 """
 
 from __future__ import annotations
@@ -162,6 +170,60 @@ def gradients(steps_list, repeats: int) -> None:
                 print(f"| {method} | {n} | {g} | {m / 1e6:.2f} MB | {s:.3f} s | {s / medians[0]:.2f} |")
 
 
+class Heat(torch.nn.Module):
+    """``u_t = k u_xx + w sin(u) cos(t)`` on ``n`` interior points of [0, 1], zero at the ends."""
+
+    def __init__(self, n: int):
+        super().__init__()
+        self.dx = 1.0 / (n + 1)
+        self.k = torch.nn.Parameter(torch.tensor(0.01, dtype=F64))
+        self.w = torch.nn.Parameter(torch.tensor(0.5, dtype=F64))
+
+    def forward(self, t, u):
+        padded = torch.nn.functional.pad(u, (1, 1))
+        return self.k * (padded[2:] - 2 * u + padded[:-2]) / self.dx**2 + self.w * torch.sin(u) * torch.cos(t)
+
+
+def krylov(sizes) -> None:
+    print("\n### the heat equation: dense Jacobian against matrix-free (kvaerno5, rtol 1e-6, over [0, 1])\n")
+    print("| n | Jacobian | gradient | steps | Jacobians | Newton iterations | time | peak memory | vs dense |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for n in sizes:
+        _heat_rows(n)
+
+
+def _heat_rows(n: int) -> None:
+    func = Heat(n)
+    x = torch.linspace(0, 1, n + 2, dtype=F64)[1:-1]
+    y0 = (torch.sin(torch.pi * x) + 0.3 * torch.sin(3 * torch.pi * x)).requires_grad_(True)
+    t = torch.tensor([0.0, 1.0], dtype=F64)
+    reference = {}
+    for jacobian in ("dense", "krylov"):
+        for gradient in ("symplectic_adjoint", "backprop"):
+            out = {}
+
+            def iteration(gradient=gradient, jacobian=jacobian, out=out):
+                steps = symode.AdaptiveSteps(rtol=1e-6, atol=1e-8, interpolate=False)
+                newton = symode.Newton(jacobian=jacobian)
+                sol = symode.solve(func, y0, t, method="kvaerno5", steps=steps, gradient=gradient, newton=newton)
+                grads = torch.autograd.grad(sol.ys[-1].pow(2).sum(), [y0, *func.parameters()])
+                out["stats"], out["grad"] = sol.stats, torch.cat([g.reshape(-1) for g in grads])
+
+            start = time.perf_counter()
+            iteration()
+            seconds = time.perf_counter() - start
+            # the profiler logs every op, and matrix-free backprop's log outgrows 24 GB beyond n = 256
+            measured = jacobian == "dense" or gradient == "symplectic_adjoint" or n <= 256
+            memory = f"{peak_memory(iteration).peak_bytes / 1e6:.2f} MB" if measured else "not measured"
+            grad = reference.setdefault(gradient, out["grad"])
+            difference = float((out["grad"] - grad).norm() / grad.norm())
+            st = out["stats"]
+            print(
+                f"| {n} | {jacobian} | {gradient} | {st.num_accepted} | {st.num_jacobians} | "
+                f"{st.num_newton_iters} | {seconds:.2f} s | {memory} | {difference:.1e} |"
+            )
+
+
 def against_torchdiffeq(source: str, steps_list, repeats: int) -> None:
     import sys
 
@@ -232,7 +294,8 @@ def against_torchdiffeq(source: str, steps_list, repeats: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--part", choices=["accuracy", "gradients", "both"], default="both")
+    parser.add_argument("--part", choices=["accuracy", "gradients", "both", "krylov"], default="both")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[64, 256, 512], help="grid points, --part krylov")
     parser.add_argument("--rtols", type=float, nargs="+", default=[1e-3, 1e-4, 1e-5, 1e-6, 1e-7, 1e-8])
     parser.add_argument("--steps", type=int, nargs="+", default=[10, 40])
     parser.add_argument("--repeats", type=int, default=3)
@@ -243,6 +306,8 @@ def main() -> None:
         accuracy(args.rtols)
     if args.part in ("gradients", "both"):
         gradients(args.steps, args.repeats)
+    if args.part == "krylov":
+        krylov(args.sizes)
     if args.torchdiffeq_src is not None:
         against_torchdiffeq(args.torchdiffeq_src, args.steps, args.repeats)
 

@@ -205,7 +205,9 @@ def _refined(vjp, tableau: ButcherTableau, block, h: float, lus, c_b: torch.Tens
     preconditioned by the step's LU, to round-off. Where the Jacobian at the stages differs
     much from the one at the step's start (a stiff problem taking long steps) the refinement is
     slow: for a state of at most ``_DIRECT_LIMIT`` entries the system is then formed with the
-    stages' own Jacobians (``vjp.jacobian(i)``, ``n`` products each) and solved directly."""
+    stages' own Jacobians (``vjp.jacobian(i)``, ``n`` products each) and solved directly.
+    Matrix-free (``Newton(jacobian="krylov")``), the inner solve is GMRES on this operator
+    itself, to ``_KRYLOV_RTOL``; its sweeps end at GMRES's round-off floor too."""
     m = len(block)
     zero = torch.zeros_like(c_b[0])
     eps = torch.finfo(c_b.dtype).eps
@@ -214,9 +216,11 @@ def _refined(vjp, tableau: ButcherTableau, block, h: float, lus, c_b: torch.Tens
         jt = torch.stack([_or_zero(vjp(i, k, False, m == 1), zero) for i, k in zip(block, k_b.reshape(c_b.shape))])
         return (k_b.reshape(c_b.shape) - h * (a_bb.T @ jt.reshape(m, -1)).reshape(c_b.shape)).reshape(k_b.shape)
 
+    matrix_free = getattr(lus, "matrix_free", False)
+
     def inner(rhs: torch.Tensor) -> torch.Tensor:
-        if getattr(lus, "matrix_free", False):  # GMRES on the stages' own operator
-            return gmres(operator, rhs.reshape(-1), _KRYLOV_RTOL, lus.max_iters)[0].reshape(rhs.shape)
+        if matrix_free:  # GMRES on the stages' own operator
+            return gmres(operator, rhs.reshape(-1), _KRYLOV_RTOL, 4 * lus.max_iters)[0].reshape(rhs.shape)
         return lus.solve(block, rhs.reshape(m, -1), transpose=True).reshape(rhs.shape)
 
     k_b = inner(c_b)
@@ -225,8 +229,11 @@ def _refined(vjp, tableau: ButcherTableau, block, h: float, lus, c_b: torch.Tens
         update = inner(c_b - operator(k_b))
         k_b = k_b + update
         size = float(update.abs().max())
-        if size <= 8 * eps * float(k_b.abs().max()) or size == 0.0:
+        largest = float(k_b.abs().max())
+        if size <= 8 * eps * largest or size == 0.0:
             return k_b
+        if matrix_free and size > 0.5 * previous and size <= eps**0.75 * largest:
+            return k_b  # GMRES's round-off floor (float64: 1.8e-12 relative): no sweep gets below it
         if sweep >= _FAST_SWEEPS and size > 0.5 * previous and zero.numel() <= _DIRECT_LIMIT:
             return _direct(vjp, tableau, block, h, c_b)
         previous = size
