@@ -422,6 +422,45 @@ def test_a_func_that_draws_random_numbers_is_refused(gradient):
         )
 
 
+class _Counting(torch.nn.Module):
+    """Counts its evaluations in a buffer; ``uses_count``: whether its output depends on it."""
+
+    def __init__(self, uses_count: bool):
+        super().__init__()
+        self.uses_count = uses_count
+        self.register_buffer("count", torch.zeros((), dtype=F64))
+        self.rate = torch.nn.Parameter(torch.tensor(3.0, dtype=F64))
+
+    def forward(self, t, y):
+        self.count += 1
+        return -(self.rate + (1e-3 * self.count if self.uses_count else 0.0)) * y
+
+
+@pytest.mark.parametrize("gradient", ["backprop", "symplectic_adjoint", "checkpoint"])
+def test_a_func_whose_output_depends_on_buffers_it_changes_is_refused(gradient):
+    """Newton's iterates would each see another field: refused by every gradient method, naming
+    the implicit method and the fix. A buffer the output ignores (a counter, BatchNorm's
+    running statistics in training mode) is allowed: the gradient is the closed form's."""
+    y0 = torch.tensor([0.7, -0.4], dtype=F64, requires_grad=True)
+    t = torch.tensor([0.0, 1.0], dtype=F64)
+    steps = symode.FixedSteps(step_size=0.1)
+    with pytest.raises(ValueError, match=r"buffers while its output depends on them.*'sdirk2'.*Newton iterate"):
+        symode.solve(_Counting(True), y0, t, method="sdirk2", steps=steps, gradient=gradient)
+    func = _Counting(False)
+    sol = symode.solve(func, y0, t, method="sdirk2", steps=steps, gradient=gradient)
+    assert func.count > 0
+    grad = torch.autograd.grad(sol.ys[-1].sum(), [y0, func.rate])
+    # sdirk2 on y' = -r y: y_1 = R(-r h)^10 y0, R the method's stability function
+    sdirk = symode.TABLEAUS["sdirk2"]
+    a, b = torch.tensor(sdirk.a, dtype=F64), torch.tensor(sdirk.b, dtype=F64)
+    rate = func.rate.detach().clone().requires_grad_(True)
+    z = -rate * 0.1
+    growth = (1 + z * b @ torch.linalg.solve(torch.eye(len(b), dtype=F64) - z * a, torch.ones(len(b), dtype=F64))) ** 10
+    expected = torch.autograd.grad((growth * y0.detach()).sum(), rate)[0]
+    torch.testing.assert_close(grad[0], growth.detach().expand(2), rtol=1e-10, atol=0)
+    torch.testing.assert_close(grad[1], expected, rtol=1e-9, atol=0)
+
+
 def test_a_tensor_the_stages_cannot_differentiate_is_refused():
     """Backprop differentiates the stage equations in the parameters it knows: a tensor that
     func captures and that requires grad would get no gradient through them."""
@@ -508,6 +547,13 @@ def test_torchdiffeq_api_with_implicit_methods():
     torch.testing.assert_close(a, b, rtol=1e-10, atol=0)
     with pytest.raises(ValueError, match="unknown option"):
         symode.odeint(func, y0, t, method="dopri5", options={"max_iters": 3})
+    krylov = symode.Newton(jacobian="krylov", rtol=1e-12, atol=1e-12)
+    ys_krylov = symode.odeint(func, y0, t, method="radauIIA5", options={"step_size": 0.05, "newton": krylov})
+    torch.testing.assert_close(ys_krylov, ref, rtol=0, atol=1e-10)
+    with pytest.raises(TypeError, match=r"options\['newton'\]"):
+        symode.odeint(func, y0, t, method="radauIIA5", options={"step_size": 0.05, "newton": "krylov"})
+    with pytest.raises(ValueError, match="both 'max_iters' and 'newton'"):
+        symode.odeint(func, y0, t, method="radauIIA5", options={"step_size": 0.05, "newton": krylov, "max_iters": 3})
 
 
 def test_a_batched_jacobian_gives_the_dense_ones_results():
@@ -619,3 +665,34 @@ def test_a_rejected_step_is_retried_with_its_jacobian(name):
     ref = grads["'backprop'"]
     for key, got in grads.items():
         assert float((got - ref).norm() / ref.norm()) < 1e-12, key
+
+
+def test_float32_at_the_default_tolerances(name="kvaerno5"):  # kvaerno3 takes 578 steps, 25 s
+    """float32 with the default ``rtol = 1e-7`` (torchdiffeq's, near float32's epsilon): Newton's
+    tolerance is floored at ``100 eps`` instead of 1% of ``rtol``, which float32 cannot hold (the
+    solve stalled at ``t = 5e-6`` after 100,000 steps); the solution and the symplectic adjoint's
+    gradient are float64's to float32's resolution, dense and matrix-free."""
+    a = torch.tensor([[-30.0, 1.0], [0.0, -2.0]], dtype=F64)
+
+    def field(t, y):
+        return y @ a.to(y.dtype).T + torch.sin(t)
+
+    t = torch.tensor([0.0, 1.0], dtype=F64)
+    ref_y0 = torch.tensor([1.0, 2.0], dtype=F64, requires_grad=True)
+    ref = symode.solve(field, ref_y0, t, method=name, steps=symode.AdaptiveSteps(rtol=1e-10, atol=1e-12))
+    ref_grad = torch.autograd.grad(ref.ys[-1].pow(2).sum(), ref_y0)[0]
+    for jacobian in ("dense", "krylov"):
+        y0 = ref_y0.detach().float().requires_grad_(True)
+        sol = symode.solve(
+            field,
+            y0,
+            t.float(),
+            method=name,
+            steps=symode.AdaptiveSteps(max_num_steps=2000),  # the default rtol and atol
+            gradient="symplectic_adjoint",
+            newton=symode.Newton(jacobian=jacobian),
+        )
+        assert sol.stats.num_accepted < 1000 and sol.stats.num_rejected < 50, sol.stats
+        torch.testing.assert_close(sol.ys.double(), ref.ys.detach(), rtol=1e-5, atol=1e-6)
+        grad = torch.autograd.grad(sol.ys[-1].pow(2).sum(), y0)[0]
+        torch.testing.assert_close(grad.double(), ref_grad, rtol=1e-4, atol=1e-5)

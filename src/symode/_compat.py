@@ -94,11 +94,24 @@ def odeint(
 
 
 def _newton_options(method: Any, options: Any) -> tuple[Any, Newton | None]:
-    """An implicit method's ``options={'max_iters': n}`` (torchdiffeq's name) as ``Newton(max_iters=n)``."""
-    if not isinstance(options, Mapping) or "max_iters" not in options or not get_tableau(method).implicit:
+    """An implicit method's ``options={'max_iters': n}`` (torchdiffeq's name) as ``Newton(max_iters=n)``,
+    or ``options={'newton': symode.Newton(...)}`` (symode's, for its other settings)."""
+    if not isinstance(options, Mapping) or not ({"max_iters", "newton"} & options.keys()):
         return options, None
-    rest = {k: v for k, v in options.items() if k != "max_iters"}
-    return rest, Newton(max_iters=options["max_iters"])
+    if not get_tableau(method).implicit:
+        return options, None  # make_steps names the option as unknown to an explicit method
+    rest = {k: v for k, v in options.items() if k not in ("max_iters", "newton")}
+    if "newton" not in options:
+        return rest, Newton(max_iters=options["max_iters"])
+    newton = options["newton"]
+    if not isinstance(newton, Newton):
+        raise TypeError(f"options['newton'] must be a symode.Newton(...), got {newton!r}")
+    if "max_iters" in options:
+        raise ValueError(
+            f"options has both 'max_iters' and 'newton'; give one: "
+            f"symode.Newton(max_iters={options['max_iters']!r}, ...)"
+        )
+    return rest, newton
 
 
 def odeint_event(

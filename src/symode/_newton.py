@@ -25,9 +25,11 @@ class Newton:
 
     Args:
         rtol, atol: Newton's method stops when the error it leaves, in units of ``atol + rtol
-            |y_n|`` (RMS norm), is estimated at most 1. ``None``: 1% of the solve's ``rtol``/``atol`` with adaptive
-            steps (as diffrax and Hairer's RADAU5 do); with fixed steps ``max(100 eps, sqrt(eps) /
-            100)`` of the state's dtype (float64: 1.5e-10, float32: 1.2e-5), about as tight
+            |y_n|`` (RMS norm), is estimated at most 1. ``None``: 1% of the solve's
+            ``rtol``/``atol`` with adaptive steps (as diffrax and Hairer's RADAU5 do), ``rtol``
+            at least ``100 eps`` (float32: 1.2e-5, so that the default ``rtol = 1e-7`` does not
+            ask Newton for what float32 cannot hold); with fixed steps ``max(100 eps, sqrt(eps)
+            / 100)`` of the state's dtype (float64: 1.5e-10, float32: 1.2e-5), about as tight
             as the stages of a stiff problem's long steps can be held against round-off.
         max_iters: iterations before a step is given up: an adaptive solve retries it smaller;
             a fixed-step solve raises ``SolveError``. ``None``: 10 with adaptive steps, 50 with
@@ -69,12 +71,17 @@ class Newton:
                 self.rtol or floor, self.atol or floor, self.max_iters or 50, self.jacobian, self.krylov_iters
             )
         return NewtonSettings(
-            self.rtol if self.rtol is not None else rtol * 0.01,
+            self.rtol if self.rtol is not None else _at_least(rtol * 0.01, 100.0 * eps),
             self.atol if self.atol is not None else atol * 0.01,
             self.max_iters or 10,
             self.jacobian,
             self.krylov_iters,
         )
+
+
+def _at_least(tolerance: Any, floor: float) -> Any:
+    """``tolerance`` (a float or a tensor) raised to ``floor`` where below it."""
+    return tolerance.clamp(min=floor) if isinstance(tolerance, torch.Tensor) else max(tolerance, floor)
 
 
 @dataclass(frozen=True)

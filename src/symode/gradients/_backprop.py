@@ -9,7 +9,7 @@ import torch
 from .._integrate import Trajectory
 from .._ivp import ODEProblem
 from ._base import GradientMethod
-from ._first_evaluation import closure_check
+from ._first_evaluation import check_buffers_for_iterates, closure_check
 
 __all__ = ["Backprop"]
 
@@ -32,6 +32,7 @@ class Backprop(GradientMethod):
 
     def solve(self, problem: ODEProblem) -> tuple[torch.Tensor, Trajectory]:
         if problem.tableau.implicit:  # the stages' backward pass differentiates the parameters it knows only
+            check_buffers_for_iterates(problem, f"the implicit method {problem.tableau.name!r}")
             problem = dataclasses.replace(problem, stage_check=closure_check(problem, "Backprop (implicit method)"))
         trajectory = problem.integrate(time_carriers=problem.time_carriers() if problem.wants_time_grad else None)
         return torch.stack(trajectory.outputs), trajectory

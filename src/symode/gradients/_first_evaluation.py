@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 __all__ = [
     "FirstEvaluation",
     "first_evaluation_checked",
+    "check_buffers_for_iterates",
     "check_closures",
     "checked_rhs",
     "closure_check",
@@ -45,6 +46,18 @@ _NO_REPLAY = (
     "solve cannot replay: it evaluates func at other points than the forward solve did, so its "
     "gradient mixes other random numbers. For the exact gradient of this f use an exact method "
     "(gradient='symplectic_adjoint', 'checkpoint' or 'backprop'), which replays them"
+)
+
+
+_AGAIN = (
+    "{name} evaluates func again in its backward pass, which would see other buffer values than the forward "
+    "pass, and the gradient would be wrong. Put such layers in eval mode (func.eval()), or use "
+    "gradient='backprop', which does not evaluate func again"
+)
+_ITERATES = (
+    "{name} evaluates func at every Newton iterate, so its stage equations change with every evaluation and "
+    "have no solution to differentiate. Put such layers in eval mode (func.eval()), keep the state outside "
+    "func, or use an explicit method"
 )
 
 
@@ -104,6 +117,9 @@ def first_evaluation_checked(problem: ODEProblem, method_name: str, exact: bool 
                 f"eval mode (func.eval()), or use gradient='backprop'",
                 stacklevel=5,
             )
+        elif problem.tableau.implicit:  # the Newton iterates are the first to see the buffers change
+            name = f"the implicit method {problem.tableau.name!r}"
+            _check_output_ignores_buffers(problem, name, t0, y.detach(), f0.detach(), changed, before, after, _ITERATES)
         else:
             _check_output_ignores_buffers(problem, method_name, t0, y.detach(), f0.detach(), changed, before, after)
     return FirstEvaluation(f0.detach(), before, after, draws, versions, changed, [b.clone() for b in changed])
@@ -118,10 +134,11 @@ def _check_output_ignores_buffers(
     changed: list[torch.Tensor],
     before: RngState,
     after: RngState,
+    consequence: str = _AGAIN,
 ) -> None:
     """``f`` changed buffers in ``f(t0, y0)``: evaluate it again from the same random state, with
     the changed buffers, and compare. Leaves the buffers and the generators as the first
-    evaluation left them."""
+    evaluation left them. ``consequence``: what the error says follows (``{name}``: the method)."""
     kept = [b.clone() for b in changed]
     set_rng_states(before, y0.device)
     try:
@@ -136,12 +153,29 @@ def _check_output_ignores_buffers(
     scale = float(f0.abs().max()) if f0.numel() else 0.0
     if not torch.allclose(again, f0, rtol=64 * eps, atol=64 * eps * scale):
         raise ValueError(
-            f"{method_name} evaluates func again in its backward pass, and func changes its module's buffers "
-            f"while its output depends on them (evaluated twice at (t0, y0), it gave different results): the "
-            f"backward pass would see other buffer values than the forward pass, and the gradient would be "
-            f"wrong. Put such layers in eval mode (func.eval()), or use gradient='backprop', which does not "
-            f"evaluate func again"
+            "func changes its module's buffers while its output depends on them (evaluated twice at (t0, y0), "
+            "it gave different results): " + consequence.format(name=method_name)
         )
+
+
+def check_buffers_for_iterates(problem: ODEProblem, method_name: str) -> None:
+    """An implicit method evaluates ``f`` at every Newton iterate and again to differentiate the
+    stages: refuse a ``func`` whose output depends on buffers it changes (a counter in its
+    output; BatchNorm's running statistics in training mode only update, and pass)."""
+    if not problem.buffers:
+        return
+    t0 = problem.time(problem.t_out[0])
+    y = problem.y0.detach()
+    values = [b.clone() for b in problem.buffers]
+    versions = [b._version for b in problem.buffers]
+    before = rng_states(y.device)
+    with torch.no_grad():
+        problem.stats.nfe_forward += 1
+        f0 = problem.func(t0, y)
+    after = rng_states(y.device)
+    changed = [b for b, v, value in zip(problem.buffers, versions, values) if b._version != v or not _equal(b, value)]
+    if changed:
+        _check_output_ignores_buffers(problem, method_name, t0, y, f0, changed, before, after, _ITERATES)
 
 
 def warn_unreplayable(method_name: str) -> None:
