@@ -41,7 +41,7 @@ from typing import Any
 import torch
 
 from ._krylov import KrylovSolver
-from ._newton import NewtonSettings, StartJacobian
+from ._newton import REUSE_RATE, NewtonSettings
 from ._random import rng_states, same_states
 from ._runge_kutta import combine, stage_time, stage_time_perturbation
 from ._stats import SolveError, Stats
@@ -65,12 +65,13 @@ def _stage_terms(tableau: ButcherTableau, i: int, before: int):
     return _relative_to_largest(tuple((j, w) for j, w in tableau.a_terms[i] if j < before))
 
 
-def _chord(at, block, Y, base, h_a, lus, scale, max_iters: int, stats: Stats | None, refresh):
+def _chord(at, block, Y, base, h_a, lus, scale, max_iters: int, stats: Stats | None, refresh, rates: list[float]):
     """The chord iteration on one block of stages, ``Y - base - h A_BB F(Y) = 0``: the converged
     ``Y`` or ``None``. Where it contracts slowly (rate above 0.3) or diverges, the Jacobian is
     formed again, at the current iterate of the block's last stage (``refresh(i, Y_i)``), and
     the iteration goes on with it (towards Newton's method proper): a long stiff step, over
-    which the Jacobian changes much. ``refresh=None``: never (a given preconditioner)."""
+    which the Jacobian changes much. ``refresh=None``: never (a given preconditioner). Each
+    update's size over the one before is appended to ``rates`` (``inf`` for a refresh)."""
     previous = math.inf
     for _ in range(max_iters):
         F = torch.stack([at(i)(Yi) for i, Yi in zip(block, Y)])
@@ -81,9 +82,12 @@ def _chord(at, block, Y, base, h_a, lus, scale, max_iters: int, stats: Stats | N
         size = max(_rms(d / scale) for d in delta)
         if stats is not None:
             stats.num_newton_iters += 1
+        if previous < math.inf:
+            rates.append(size / previous if previous > 0.0 else 0.0)
         if _converged(size, previous):
             return Y
         if refresh is not None and size > 0.3 * previous:
+            rates.append(math.inf)
             lus = refresh(block[-1], Y[-1])
             if stats is not None:
                 stats.num_jacobians += 1
@@ -117,15 +121,15 @@ def solve_stages(
     k1: torch.Tensor | None = None,
     nudge: tuple[bool, bool] | None = None,
     preconditioner: Callable[[float, float, torch.Tensor], Any] | None = None,
-    start: StartJacobian | None = None,
+    start: Any = None,
 ) -> tuple[list[torch.Tensor], list[torch.Tensor], Any] | None:
     """The converged stage states and their derivatives ``(Ys, Ks, factorisations)``, without a
     graph; ``None`` when Newton's method does not converge. Deterministic in its inputs.
     ``preconditioner(t, h, y)``: the factorisations of ``I - h A_BB (x) J`` (an object with
     ``solve(block, rhs, transpose=False)``) in place of those of the Jacobian by autograd;
-    ``start``: the Jacobian kept for a retry from the same ``(t, y)`` (``StartJacobian``)."""
+    ``start``: which Jacobian the iteration starts from (``JacobianTape.recording()`` or
+    ``.replaying()``; ``None``: the one at ``(t, y)``)."""
     h = t_next - t
-    s = tableau.num_stages
     given = y
     with torch.no_grad():
         y = y.detach()
@@ -139,45 +143,69 @@ def solve_stages(
         if preconditioner is not None:
             lus = preconditioner(t, h, y)
         else:  # the Jacobian is a preconditioner only: its time need not be nudged
-            point = functools.partial(newton.point, lambda x: rhs(t, x), y)
-            found, fresh = start.get(t, given, point) if start is not None else (point(), True)
+
+            def compute(tp: float, yp: torch.Tensor) -> Any:
+                return newton.point(lambda x: rhs(tp, x), yp)
+
+            found, fresh = start.get(t, given, compute) if start is not None else (compute(t, y), True)
             lus = newton.solver(tableau, h, found)
         if stats is not None and fresh:
             stats.num_jacobians += 1
         scale = (newton.atol + newton.rtol * y.abs()).reshape(-1)
-        Ys: list[torch.Tensor | None] = [None] * s
-        Ks: list[torch.Tensor | None] = [None] * s
-        guess = None  # a stage derivative of this step (never k1, so that every pass iterates alike)
-        for block in blocks(tableau):
-            known = [combine(flat, h, _stage_terms(tableau, i, block[0]), Ks) for i in block]
-            if all(tableau.a[i][j] == 0.0 for i in block for j in block):  # an explicit stage
-                for i, Yi in zip(block, known):
-                    Ys[i] = Yi
-                    Ks[i] = k1.detach().reshape(-1) if (i == 0 and k1 is not None) else at(i)(Yi)
-                    guess = Ks[i]
-                continue
-            Y = torch.stack(
-                [Yi if guess is None else Yi + (h * tableau.a[i][i]) * guess for i, Yi in zip(block, known)]
-            )
-            base = torch.stack(known)
-            a_bb = torch.tensor([[tableau.a[i][j] for j in block] for i in block], dtype=y.dtype, device=y.device)
-            refresh = None
-            if preconditioner is None:
-
-                def refresh(i: int, x: torch.Tensor) -> Any:
-                    func = at(i)
-                    shape = y.shape
-                    return newton.linearise(tableau, h, lambda v: func(v.reshape(-1)).reshape(shape), x.reshape(shape))
-
-            Y = _chord(at, block, Y, base, h * a_bb, lus, scale, newton.max_iters, stats, refresh)
-            if Y is None:
-                return None
-            for i, Yi in zip(block, Y):
-                Ys[i] = Yi
-                Ks[i] = guess = at(i)(Yi)
-        out_Ys = [Yi.reshape(y.shape) for Yi in Ys if Yi is not None]
-        out_Ks = [Ki.reshape(y.shape) for Ki in Ks if Ki is not None]
+        rates: list[float] = []
+        solved = _solve_blocks(at, tableau, flat, h, k1, lus, scale, newton, stats, rates, preconditioner is None, y)
+        if solved is None and not fresh and start is not None:  # a kept Jacobian: try once more with a new one
+            found = start.fresh(t, given, compute)
+            if found is not None:
+                if stats is not None:
+                    stats.num_jacobians += 1
+                lus = newton.solver(tableau, h, found)
+                rates.clear()
+                solved = _solve_blocks(at, tableau, flat, h, k1, lus, scale, newton, stats, rates, True, y)
+        if solved is None:
+            return None
+        if start is not None:
+            start.converged(bool(rates) and all(rate <= REUSE_RATE for rate in rates))
+        Ys, Ks = solved
+        out_Ys = [Yi.reshape(y.shape) for Yi in Ys]
+        out_Ks = [Ki.reshape(y.shape) for Ki in Ks]
     return out_Ys, out_Ks, lus
+
+
+def _solve_blocks(at, tableau, flat, h, k1, lus, scale, newton, stats, rates, refreshes: bool, y):
+    """The stage states and derivatives of the step, block by block (``_chord``), flat; ``None``
+    when an iteration does not converge. ``refreshes``: whether the Jacobian may be formed anew
+    within the step (not with a given preconditioner)."""
+    s = tableau.num_stages
+    Ys: list[torch.Tensor | None] = [None] * s
+    Ks: list[torch.Tensor | None] = [None] * s
+    guess = None  # a stage derivative of this step (never k1, so that every pass iterates alike)
+    for block in blocks(tableau):
+        known = [combine(flat, h, _stage_terms(tableau, i, block[0]), Ks) for i in block]
+        if all(tableau.a[i][j] == 0.0 for i in block for j in block):  # an explicit stage
+            for i, Yi in zip(block, known):
+                Ys[i] = Yi
+                Ks[i] = k1.detach().reshape(-1) if (i == 0 and k1 is not None) else at(i)(Yi)
+                guess = Ks[i]
+            continue
+        Y = torch.stack([Yi if guess is None else Yi + (h * tableau.a[i][i]) * guess for i, Yi in zip(block, known)])
+        base = torch.stack(known)
+        a_bb = torch.tensor([[tableau.a[i][j] for j in block] for i in block], dtype=y.dtype, device=y.device)
+        refresh = None
+        if refreshes:
+
+            def refresh(i: int, x: torch.Tensor) -> Any:
+                func = at(i)
+                shape = y.shape
+                return newton.linearise(tableau, h, lambda v: func(v.reshape(-1)).reshape(shape), x.reshape(shape))
+
+        Y = _chord(at, block, Y, base, h * a_bb, lus, scale, newton.max_iters, stats, refresh, rates)
+        if Y is None:
+            return None
+        for i, Yi in zip(block, Y):
+            Ys[i] = Yi
+            Ks[i] = guess = at(i)(Yi)
+    return [Yi for Yi in Ys if Yi is not None], [Ki for Ki in Ks if Ki is not None]
 
 
 def implicit_step(
@@ -192,7 +220,7 @@ def implicit_step(
     stats: Stats | None = None,
     gradient: Callable[..., Any] | None = None,
     preconditioner: Callable[[float, float, torch.Tensor], Any] | None = None,
-    start: StartJacobian | None = None,
+    start: Any = None,
     with_error: bool = True,
     stages: Sequence[int] | None = None,
     dts=None,

@@ -20,7 +20,7 @@ import torch
 
 from ._implicit import implicit_step
 from ._integrate import Trajectory, integrate
-from ._newton import Newton, NewtonSettings, StartJacobian
+from ._newton import JacobianTape, Newton, NewtonSettings
 from ._random import RandomTape, StepReplay
 from ._runge_kutta import Nudged, rk_step
 from ._state import StateLayout
@@ -114,6 +114,8 @@ class ODEProblem:
             in its backward pass: the random generators' states of the forward solve, per
             accepted step (``symode._random.RandomTape``), which ``integrate`` records and the
             backward pass replays (``problem.replay(n)``); ``None`` otherwise.
+        jacobians: an implicit method's Jacobian points, per step (``symode._newton.JacobianTape``):
+            ``integrate`` records them and ``stepper`` elsewhere replays them.
     """
 
     func: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -136,6 +138,7 @@ class ODEProblem:
     adjoint_callbacks: StepCallbacks | None = None
     newton: Newton = field(default_factory=Newton)
     stage_check: Callable[..., None] | None = None
+    jacobians: JacobianTape = field(default_factory=JacobianTape)
 
     def time(self, t: float) -> torch.Tensor:
         """The time tensor handed to ``func``: 0-dim, of the state's dtype and device (a
@@ -185,7 +188,7 @@ class ODEProblem:
 
             step = CompiledStep(self.func, rhs, self.tableau, count, self.y0.dtype, self.y0.device)
         else:
-            step = self.stepper(rhs)
+            step = self.stepper(rhs, recording=True)
         return integrate(
             rhs,
             self.y0 if y0 is None else y0,
@@ -207,11 +210,13 @@ class ODEProblem:
             until=until,
         )
 
-    def stepper(self, rhs: Rhs) -> Callable[..., Any]:
+    def stepper(self, rhs: Rhs, recording: bool = False) -> Callable[..., Any]:
         """The function that takes one step of the tableau with ``rhs``, with ``rk_step``'s
         signature after ``(rhs, tableau)``: an implicit tableau's steps solve their stages with
-        the problem's Newton settings (the same in every pass, so that a recomputed step is
-        the forward one) and, with a graph, differentiate them by the implicit function theorem."""
+        the problem's Newton settings and, with a graph, differentiate them by the implicit
+        function theorem. ``recording``: the forward solve, which chooses the Jacobian each step
+        starts from and notes it (``jacobians``); else the steps are recomputations of the
+        forward ones, which start from the noted Jacobians: every pass finds the same stages."""
         if not self.tableau.implicit:
             return functools.partial(rk_step, rhs, self.tableau)
         from ._implicit_gradient import StageGradient
@@ -224,7 +229,7 @@ class ODEProblem:
             newton=self.newton_settings,
             stats=self.stats,
             gradient=gradient,
-            start=StartJacobian(),  # a rejected step's retries reuse its Jacobian
+            start=self.jacobians.recording() if recording else self.jacobians.replaying(),
         )
 
     @property

@@ -16,7 +16,7 @@ from ._checks import positive_int
 from ._krylov import KrylovSolver, Linearisation
 from ._tableau import ButcherTableau
 
-__all__ = ["Newton", "NewtonSettings", "StartJacobian", "Factorisations", "jacobian", "block_matrix"]
+__all__ = ["Newton", "NewtonSettings", "JacobianTape", "REUSE_RATE", "Factorisations", "jacobian", "block_matrix"]
 
 
 @dataclass(frozen=True)
@@ -169,20 +169,105 @@ def block_matrix(tableau: ButcherTableau, block: tuple[int, ...], h: float, jaco
     return torch.eye(m * size, dtype=jacobian.dtype, device=jacobian.device) - h * kron
 
 
-class StartJacobian:
-    """The Jacobian at a step's start, for the retries of that step: a rejected step is tried
-    again, shorter, from the same ``(t, y)``, where the Jacobian is what it was (and what a
-    recomputation of the accepted try finds: the same function of the same numbers). Only the
-    factorisation, which depends on ``h``, is made anew. One per time loop; it holds one point."""
+#: a step's Newton iteration contracting at most this fast (each update this fraction of the one
+#: before, or converged at once) keeps its Jacobian for the next step
+REUSE_RATE = 0.01
 
-    def __init__(self) -> None:
+
+class JacobianTape:
+    """Which Jacobian each step's Newton iteration started from, so that every pass finds the
+    same stages. The forward solve (``recording()``) forms the Jacobian at a step's start
+    ``(t_n, y_n)``, and keeps it for the next step while the iteration converges fast (every
+    update at most ``REUSE_RATE`` times the one before, as Hairer's RADAU5 keeps it), and for
+    the retries of a rejected step (the same point); a step whose iteration fails with a kept
+    Jacobian is solved again, the same ``h``, with one formed at its own start. For each step
+    start ``t_n`` the tape notes the point ``(t_p, y_p)`` of the Jacobian its last try used,
+    holding ``y_p`` (a state the exact methods keep anyway when they keep every state; one more
+    state per Jacobian otherwise). A recomputation (``replaying()``: the exact methods' backward
+    passes) forms the Jacobian at the noted point, once per run of steps that share it. Only a
+    tape with ``notes`` (the methods that recompute steps) notes the points and holds their
+    states: backprop and the continuous adjoint hold none."""
+
+    def __init__(self, notes: bool = False) -> None:
+        self.notes = notes
+        self.points: dict[float, tuple[float, torch.Tensor, int]] = {}
+        self.player = _Player(self.points, notes)
+
+    def recording(self) -> _Recorder:
+        """For a forward solve: the points noted before are dropped."""
+        self.points.clear()
+        self.player = _Player(self.points, self.notes)
+        return _Recorder(self.points if self.notes else None)
+
+    def replaying(self) -> _Player:
+        """For recomputations: one player, which keeps the last Jacobian it formed for the next
+        step that shares it (the backward passes take the steps in reverse order)."""
+        return self.player
+
+
+class _Recorder:
+    """The forward solve's side of a ``JacobianTape``."""
+
+    def __init__(self, points: dict[float, tuple[float, torch.Tensor, int]] | None) -> None:
+        self.points = points  # None: nothing is noted
+        self.at: tuple[float, torch.Tensor, int] | None = None  # (t_p, y_p, y_p's version)
+        self.value: Any = None
+        self.start: tuple[float, torch.Tensor] | None = None  # the last try's (t, y) (y: the caller's tensor)
+        self.fast = False  # whether the last converged try contracted fast enough to keep its Jacobian
+
+    def get(self, t: float, y: torch.Tensor, compute: Callable[[float, torch.Tensor], Any]) -> tuple[Any, bool]:
+        """``(value, fresh)``: the Jacobian a try from ``(t, y)`` starts from."""
+        retry = self.start is not None and self.start[0] == t and self.start[1] is y
+        kept = self.at is not None and self.at[1]._version == self.at[2] and (retry or self.fast)
+        self.start, self.fast = (t, y), False
+        if not kept:
+            return self.fresh(t, y, compute), True
+        if self.points is not None and self.at is not None:
+            self.points[t] = self.at
+        return self.value, False
+
+    def fresh(self, t: float, y: torch.Tensor, compute: Callable[[float, torch.Tensor], Any]) -> Any:
+        """The Jacobian formed at ``(t, y)``, noted as the one the step from ``t`` uses."""
+        held = y.detach()
+        self.at, self.value = (t, held, held._version), compute(t, held)
+        if self.points is not None:
+            self.points[t] = self.at
+        return self.value
+
+    def converged(self, fast: bool) -> None:
+        self.fast = fast
+
+
+class _Player:
+    """A recomputation's side of a ``JacobianTape``: the noted points' Jacobians."""
+
+    def __init__(self, points: dict[float, tuple[float, torch.Tensor, int]], notes: bool) -> None:
+        self.points, self.notes = points, notes
         self.at: tuple[float, torch.Tensor, int] | None = None
         self.value: Any = None
 
-    def get(self, t: float, y: torch.Tensor, compute: Callable[[], Any]) -> tuple[Any, bool]:
-        """``(value, fresh)``: the kept value when ``(t, y)`` is the point it was computed at (the
-        same tensor, not changed in place since)."""
-        if self.at is None or self.at[0] != t or self.at[1] is not y or self.at[2] != y._version:
-            self.at, self.value = (t, y, y._version), compute()
-            return self.value, True
-        return self.value, False
+    def get(self, t: float, y: torch.Tensor, compute: Callable[[float, torch.Tensor], Any]) -> tuple[Any, bool]:
+        point = self.points.get(t)
+        if point is None:  # never: every recomputed step was taken by a forward solve that noted it
+            raise RuntimeError(
+                f"no Jacobian was noted for the step from t = {t!r} of an implicit method, so its recomputation "
+                f"cannot find the forward solve's stages: a gradient method that recomputes steps gives its problem "
+                f"jacobians=JacobianTape(notes=True) before the forward solve (RecordingMethod does)"
+            )
+        if point[1]._version != point[2]:
+            raise RuntimeError(
+                f"the state at t = {point[0]!r}, whose Jacobian the step from t = {t!r} used, was changed in "
+                f"place after the forward solve (y0, or a state it returned?): the recomputation would find other "
+                f"stages; do not modify them before the backward pass"
+            )
+        if self.at is point:
+            return self.value, False
+        self.at, self.value = point, compute(point[0], point[1])
+        return self.value, True
+
+    def fresh(self, t: float, y: torch.Tensor, compute: Callable[[float, torch.Tensor], Any]) -> Any:
+        del t, y, compute
+        return None  # the noted point was the one that converged: a retry cannot help
+
+    def converged(self, fast: bool) -> None:
+        del fast

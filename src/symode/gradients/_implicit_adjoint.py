@@ -46,7 +46,15 @@ def implicit_step_adjoint(
     tableau = problem.tableau
     h = t_next - t
     solved = solve_stages(
-        problem.rhs("nfe_backward"), tableau, t, t_next, y, problem.newton_settings, None, nudge=nudge
+        problem.rhs("nfe_backward"),
+        tableau,
+        t,
+        t_next,
+        y,
+        problem.newton_settings,
+        None,
+        nudge=nudge,
+        start=problem.jacobians.replaying(),  # the Jacobian the forward step started from
     )
     if solved is None:  # the forward step converged from the same inputs: only a changed f gets here
         raise SolveError(

@@ -21,6 +21,7 @@ import torch
 
 from .._integrate import Trajectory
 from .._ivp import ODEProblem
+from .._newton import JacobianTape
 from .._random import RandomTape, restored_after, rng_states, same_states, set_rng_states
 from ._base import GradientMethod
 from ._first_evaluation import FirstEvaluation, closure_check, first_evaluation_checked, warn_unreplayable
@@ -41,8 +42,9 @@ class RecordingMethod(GradientMethod):
                 trajectory = problem.integrate()
             return torch.stack(trajectory.outputs), trajectory
         first = first_evaluation_checked(problem, type(self).__name__, self.exact)
-        if problem.tableau.implicit:
-            problem = dataclasses.replace(problem, stage_check=closure_check(problem, type(self).__name__))
+        if problem.tableau.implicit:  # the backward pass recomputes steps: it needs their Jacobians' points
+            check = closure_check(problem, type(self).__name__)
+            problem = dataclasses.replace(problem, stage_check=check, jacobians=JacobianTape(notes=True))
         if first.draws and self.exact:
             problem = self._with_tape(problem, first)
         holder: dict[str, Any] = {}
