@@ -65,13 +65,17 @@ def _stage_terms(tableau: ButcherTableau, i: int, before: int):
     return _relative_to_largest(tuple((j, w) for j, w in tableau.a_terms[i] if j < before))
 
 
-def _chord(at, block, Y, base, h_a, lus, scale, max_iters: int, stats: Stats | None, refresh, rates: list[float]):
+def _chord(at, block, Y, base, h_a, lus, scale, max_iters: int, stats: Stats | None, refresh, rates, strict: bool):
     """The chord iteration on one block of stages, ``Y - base - h A_BB F(Y) = 0``: the converged
     ``Y`` or ``None``. Where it contracts slowly (rate above 0.3) or diverges, the Jacobian is
     formed again, at the current iterate of the block's last stage (``refresh(i, Y_i)``), and
     the iteration goes on with it (towards Newton's method proper): a long stiff step, over
     which the Jacobian changes much. ``refresh=None``: never (a given preconditioner). Each
-    update's size over the one before is appended to ``rates`` (``inf`` for a refresh)."""
+    update's size over the one before is appended to ``rates`` (``inf`` for a refresh).
+    ``strict`` (a Jacobian kept from an earlier step): it must show that it still contracts fast,
+    each update at most ``REUSE_RATE`` times the one before, and the first update never counts as
+    converged (a stale Jacobian stiffer than the present one makes every update small);
+    otherwise ``None``, and the step is solved again from a Jacobian at its start."""
     previous = math.inf
     for _ in range(max_iters):
         F = torch.stack([at(i)(Yi) for i, Yi in zip(block, Y)])
@@ -84,6 +88,11 @@ def _chord(at, block, Y, base, h_a, lus, scale, max_iters: int, stats: Stats | N
             stats.num_newton_iters += 1
         if previous < math.inf:
             rates.append(size / previous if previous > 0.0 else 0.0)
+            if strict and rates[-1] > REUSE_RATE:
+                return None
+        elif strict:
+            previous = size
+            continue
         if _converged(size, previous):
             return Y
         if refresh is not None and size > 0.3 * previous:
@@ -153,15 +162,18 @@ def solve_stages(
             stats.num_jacobians += 1
         scale = (newton.atol + newton.rtol * y.abs()).reshape(-1)
         rates: list[float] = []
-        solved = _solve_blocks(at, tableau, flat, h, k1, lus, scale, newton, stats, rates, preconditioner is None, y)
-        if solved is None and not fresh and start is not None:  # a kept Jacobian: try once more with a new one
+        kept = start is not None and not start.own(t)  # a Jacobian from an earlier step's start
+        solved = _solve_blocks(
+            at, tableau, flat, h, k1, lus, scale, newton, stats, rates, preconditioner is None, y, kept
+        )
+        if solved is None and kept:  # solved again from a Jacobian at its own start
             found = start.fresh(t, given, compute)
             if found is not None:
                 if stats is not None:
                     stats.num_jacobians += 1
                 lus = newton.solver(tableau, h, found)
                 rates.clear()
-                solved = _solve_blocks(at, tableau, flat, h, k1, lus, scale, newton, stats, rates, True, y)
+                solved = _solve_blocks(at, tableau, flat, h, k1, lus, scale, newton, stats, rates, True, y, False)
         if solved is None:
             return None
         if start is not None:
@@ -172,10 +184,10 @@ def solve_stages(
     return out_Ys, out_Ks, lus
 
 
-def _solve_blocks(at, tableau, flat, h, k1, lus, scale, newton, stats, rates, refreshes: bool, y):
+def _solve_blocks(at, tableau, flat, h, k1, lus, scale, newton, stats, rates, refreshes: bool, y, strict: bool):
     """The stage states and derivatives of the step, block by block (``_chord``), flat; ``None``
     when an iteration does not converge. ``refreshes``: whether the Jacobian may be formed anew
-    within the step (not with a given preconditioner)."""
+    within the step (not with a given preconditioner, nor a kept one: ``strict``)."""
     s = tableau.num_stages
     Ys: list[torch.Tensor | None] = [None] * s
     Ks: list[torch.Tensor | None] = [None] * s
@@ -192,14 +204,14 @@ def _solve_blocks(at, tableau, flat, h, k1, lus, scale, newton, stats, rates, re
         base = torch.stack(known)
         a_bb = torch.tensor([[tableau.a[i][j] for j in block] for i in block], dtype=y.dtype, device=y.device)
         refresh = None
-        if refreshes:
+        if refreshes and not strict:
 
             def refresh(i: int, x: torch.Tensor) -> Any:
                 func = at(i)
                 shape = y.shape
                 return newton.linearise(tableau, h, lambda v: func(v.reshape(-1)).reshape(shape), x.reshape(shape))
 
-        Y = _chord(at, block, Y, base, h * a_bb, lus, scale, newton.max_iters, stats, refresh, rates)
+        Y = _chord(at, block, Y, base, h * a_bb, lus, scale, newton.max_iters, stats, refresh, rates, strict)
         if Y is None:
             return None
         for i, Yi in zip(block, Y):

@@ -237,6 +237,10 @@ class _Recorder:
     def converged(self, fast: bool) -> None:
         self.fast = fast
 
+    def own(self, t: float) -> bool:
+        """Whether the Jacobian the last ``get`` gave was formed at the step's own start ``t``."""
+        return self.at is not None and self.at[0] == t
+
 
 class _Player:
     """A recomputation's side of a ``JacobianTape``: the noted points' Jacobians."""
@@ -271,3 +275,6 @@ class _Player:
 
     def converged(self, fast: bool) -> None:
         del fast
+
+    def own(self, t: float) -> bool:
+        return self.at is not None and self.at[0] == t
