@@ -755,6 +755,24 @@ def test_a_step_that_fails_with_a_kept_jacobian_is_solved_again_with_a_new_one(m
         assert float((got - ref).norm() / ref.norm()) < 1e-10, key
 
 
+@pytest.mark.parametrize("gradient", ["symplectic_adjoint", "checkpoint"])
+def test_a_second_backward_pass_through_the_same_graph(gradient):
+    """``backward(retain_graph=True)`` twice: the second pass recomputes the steps from the same
+    noted Jacobians (the first pass drops only the one it kept), so it gives the same gradient,
+    which is backprop's."""
+    func = Stiff()
+    y0 = torch.tensor([0.7, -0.4, 0.2], dtype=F64, requires_grad=True)
+    t = torch.tensor([0.0, 0.5, 1.0], dtype=F64)
+    steps = _steps("kvaerno3")
+    ref = torch.autograd.grad(symode.solve(func, y0, t, method="kvaerno3", steps=steps).ys.sum(), y0)[0]
+    sol = symode.solve(func, y0, t, method="kvaerno3", steps=steps, gradient=gradient)
+    assert sol.stats.num_jacobians < sol.stats.num_accepted  # kept across steps
+    first = torch.autograd.grad(sol.ys.sum(), y0, retain_graph=True)[0]
+    second = torch.autograd.grad(sol.ys.sum(), y0)[0]
+    torch.testing.assert_close(second, first, rtol=0, atol=0)
+    torch.testing.assert_close(first, ref, rtol=1e-10, atol=0)
+
+
 def test_float32_at_the_default_tolerances(name="kvaerno5"):  # kvaerno3 takes 578 steps, 25 s
     """float32 with the default ``rtol = 1e-7`` (torchdiffeq's, near float32's epsilon): Newton's
     tolerance is floored at ``100 eps`` instead of 1% of ``rtol``, which float32 cannot hold (the

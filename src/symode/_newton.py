@@ -204,6 +204,11 @@ class JacobianTape:
         step that shares it (the backward passes take the steps in reverse order)."""
         return self.player
 
+    def release(self) -> None:
+        """Drop the Jacobian the player keeps (a backward pass has ended; the notes stay, for
+        another backward pass through the same graph)."""
+        self.player = _Player(self.points, self.notes)
+
 
 class _Recorder:
     """The forward solve's side of a ``JacobianTape``."""

@@ -232,6 +232,7 @@ class _RecordedSolve(torch.autograd.Function):
                 grad_y0, time_grads, param_grads = restored_after(problem.y0.device, run)
             else:
                 grad_y0, time_grads, param_grads = run()
+        problem.jacobians.release()  # the last Jacobian the recomputations formed (a matrix, or f's graph)
         grad_t = torch.stack(time_grads).to(problem.t.dtype) if with_time else None
         grads = iter(param_grads)
         return (None, None, None, None, grad_y0, grad_t, *[next(grads) if w else None for w in wanted])
