@@ -25,6 +25,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _spawn(worker, *args) -> None:
+    """Two processes of ``worker(rank, 2, port, *args)`` on a free port; tried again on another
+    port if that one was taken between choosing it and binding it (another test's processes)."""
+    for attempt in range(3):
+        try:
+            mp.spawn(worker, args=(2, _free_port(), *args), nprocs=2, join=True)
+            return
+        except mp.ProcessRaisedException as error:
+            if attempt == 2 or "address already in use" not in str(error).lower():
+                raise
+
+
 def _environment(rank: int, size: int, port: int) -> None:
     os.environ.update(
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(size), LOCAL_RANK=str(rank)
@@ -58,7 +70,7 @@ def _gradient_worker(rank, size, port, gradient, directory):
 
 @pytest.mark.parametrize("gradient", ["backprop", "symplectic_adjoint"])
 def test_averaged_gradients_equal_the_one_process_gradient(gradient, tmp_path):
-    mp.spawn(_gradient_worker, args=(2, _free_port(), gradient, str(tmp_path)), nprocs=2, join=True)
+    _spawn(_gradient_worker, gradient, str(tmp_path))
     model = _model()
     _loss(model, _batch(), gradient).backward()
     for rank in range(2):
@@ -81,7 +93,7 @@ def test_training_on_two_processes(tmp_path):
     """symode train's loop under two processes: the replicas stay equal through rank 0's
     evaluations (whose noise buffers have another shape: no buffer is broadcast), rank 0 writes
     the metrics (and says there were two processes)."""
-    mp.spawn(_training_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    _spawn(_training_worker, str(tmp_path))
     first, second = (torch.load(tmp_path / f"{r}.pt", weights_only=True) for r in range(2))
     for a, b in zip(first["params"], second["params"]):
         assert torch.equal(a, b)
@@ -107,7 +119,7 @@ def _workflow_worker(rank, size, port, directory, workflow):
 def test_the_other_workflows_on_two_processes(workflow, tmp_path):
     """symode train kdv and latent-ode under two processes: one DDP forward per iteration (the
     loss around the solve), the replicas stay equal, rank 0 writes the metrics."""
-    mp.spawn(_workflow_worker, args=(2, _free_port(), str(tmp_path), workflow), nprocs=2, join=True)
+    _spawn(_workflow_worker, str(tmp_path), workflow)
     first, second = (torch.load(tmp_path / f"{r}.pt", weights_only=True) for r in range(2))
     for a, b in zip(first["params"], second["params"]):
         assert torch.equal(a, b)
