@@ -773,6 +773,22 @@ def test_a_second_backward_pass_through_the_same_graph(gradient):
     torch.testing.assert_close(first, ref, rtol=1e-10, atol=0)
 
 
+@pytest.mark.parametrize("gradient", ["backprop", "symplectic_adjoint"])
+def test_an_overflowing_cotangent_propagates_as_in_an_explicit_method(gradient):
+    """float32, solved backwards through a decay of rate 50 (the state grows to 5e21): the loss's
+    cotangents overflow. They come out non-finite, as dopri5's do, instead of failing the adjoint's
+    refinement as "did not converge" after 200 sweeps."""
+    func = Stiff().float()
+    y0 = torch.tensor([0.7, -0.4, 0.2], requires_grad=True)
+    t = torch.tensor([1.0, 0.0])
+    grads = []
+    for method, steps in (("sdirk2", symode.FixedSteps(step_size=0.05)), ("dopri5", None)):
+        sol = symode.solve(func, y0, t, method=method, steps=steps, gradient=gradient)
+        assert bool(torch.isfinite(sol.ys).all()) and float(sol.ys.abs().max()) > 1e20
+        grads.append(torch.autograd.grad(sol.ys.pow(2).sum(), y0)[0])
+    assert not bool(torch.isfinite(grads[0]).all()) and not bool(torch.isfinite(grads[1]).all())
+
+
 def test_float32_at_the_default_tolerances(name="kvaerno5"):  # kvaerno3 takes 578 steps, 25 s
     """float32 with the default ``rtol = 1e-7`` (torchdiffeq's, near float32's epsilon): Newton's
     tolerance is floored at ``100 eps`` instead of 1% of ``rtol``, which float32 cannot hold (the

@@ -232,6 +232,8 @@ def _refined(vjp, tableau: ButcherTableau, block, h: float, lus, c_b: torch.Tens
         largest = float(k_b.abs().max())
         if size <= 8 * eps * largest or size == 0.0:
             return k_b
+        if not math.isfinite(size):  # a cotangent overflowed (the loss, in float32?): it goes on, as in torch's
+            return k_b  # own backward passes, instead of failing 200 sweeps later as unconverged
         if matrix_free and size > 0.5 * previous and size <= eps**0.75 * largest:
             return k_b  # GMRES's round-off floor (float64: 1.8e-12 relative): no sweep gets below it
         if sweep >= _FAST_SWEEPS and size > 0.5 * previous and zero.numel() <= _DIRECT_LIMIT:
