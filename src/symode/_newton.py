@@ -191,12 +191,12 @@ class JacobianTape:
     def __init__(self, notes: bool = False) -> None:
         self.notes = notes
         self.points: dict[float, tuple[float, torch.Tensor, int]] = {}
-        self.player = _Player(self.points, notes)
+        self.player = _Player(self.points)
 
     def recording(self) -> _Recorder:
         """For a forward solve: the points noted before are dropped."""
         self.points.clear()
-        self.player = _Player(self.points, self.notes)
+        self.player = _Player(self.points)
         return _Recorder(self.points if self.notes else None)
 
     def replaying(self) -> _Player:
@@ -207,16 +207,27 @@ class JacobianTape:
     def release(self) -> None:
         """Drop the Jacobian the player keeps (a backward pass has ended; the notes stay, for
         another backward pass through the same graph)."""
-        self.player = _Player(self.points, self.notes)
+        self.player = _Player(self.points)
 
 
-class _Recorder:
+class _Side:
+    """What both sides of a ``JacobianTape`` hold: the Jacobian last given and its point."""
+
+    def __init__(self) -> None:
+        self.at: tuple[float, torch.Tensor, int] | None = None  # (t_p, y_p, y_p's version)
+        self.value: Any = None
+
+    def own(self, t: float) -> bool:
+        """Whether the Jacobian the last ``get`` gave was formed at the step's own start ``t``."""
+        return self.at is not None and self.at[0] == t
+
+
+class _Recorder(_Side):
     """The forward solve's side of a ``JacobianTape``."""
 
     def __init__(self, points: dict[float, tuple[float, torch.Tensor, int]] | None) -> None:
+        super().__init__()
         self.points = points  # None: nothing is noted
-        self.at: tuple[float, torch.Tensor, int] | None = None  # (t_p, y_p, y_p's version)
-        self.value: Any = None
         self.start: tuple[float, torch.Tensor] | None = None  # the last try's (t, y) (y: the caller's tensor)
         self.fast = False  # whether the last converged try contracted fast enough to keep its Jacobian
 
@@ -242,18 +253,13 @@ class _Recorder:
     def converged(self, fast: bool) -> None:
         self.fast = fast
 
-    def own(self, t: float) -> bool:
-        """Whether the Jacobian the last ``get`` gave was formed at the step's own start ``t``."""
-        return self.at is not None and self.at[0] == t
 
-
-class _Player:
+class _Player(_Side):
     """A recomputation's side of a ``JacobianTape``: the noted points' Jacobians."""
 
-    def __init__(self, points: dict[float, tuple[float, torch.Tensor, int]], notes: bool) -> None:
-        self.points, self.notes = points, notes
-        self.at: tuple[float, torch.Tensor, int] | None = None
-        self.value: Any = None
+    def __init__(self, points: dict[float, tuple[float, torch.Tensor, int]]) -> None:
+        super().__init__()
+        self.points = points
 
     def get(self, t: float, y: torch.Tensor, compute: Callable[[float, torch.Tensor], Any]) -> tuple[Any, bool]:
         point = self.points.get(t)
@@ -280,6 +286,3 @@ class _Player:
 
     def converged(self, fast: bool) -> None:
         del fast
-
-    def own(self, t: float) -> bool:
-        return self.at is not None and self.at[0] == t
