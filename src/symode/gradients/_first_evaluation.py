@@ -92,10 +92,7 @@ def first_evaluation_checked(problem: ODEProblem, method_name: str, exact: bool 
     module's buffers, and, for an exact method, that its output does not depend on them."""
     t0 = problem.time(problem.t_out[0])
     y = problem.y0.detach().requires_grad_(True)  # f sees a state that requires grad, as in a backward pass
-    versions = [b._version for b in problem.buffers]
-    # values too: some kernels update buffers without bumping their version (BatchNorm's
-    # running statistics)
-    values = [b.clone() for b in problem.buffers]
+    versions, values = _buffer_state(problem)
     device = y.device
     before = rng_states(device)
     with torch.enable_grad():
@@ -106,7 +103,7 @@ def first_evaluation_checked(problem: ODEProblem, method_name: str, exact: bool 
     draws = not same_states(before, after)
     if draws and not exact:
         warn_unreplayable(method_name)
-    changed = [b for b, v, value in zip(problem.buffers, versions, values) if b._version != v or not _equal(b, value)]
+    changed = _changed_buffers(problem, versions, values)
     del values
     if changed:
         if not exact:
@@ -166,16 +163,26 @@ def check_buffers_for_iterates(problem: ODEProblem, method_name: str) -> None:
         return
     t0 = problem.time(problem.t_out[0])
     y = problem.y0.detach()
-    values = [b.clone() for b in problem.buffers]
-    versions = [b._version for b in problem.buffers]
+    versions, values = _buffer_state(problem)
     before = rng_states(y.device)
     with torch.no_grad():
         problem.stats.nfe_forward += 1
         f0 = problem.func(t0, y)
     after = rng_states(y.device)
-    changed = [b for b, v, value in zip(problem.buffers, versions, values) if b._version != v or not _equal(b, value)]
+    changed = _changed_buffers(problem, versions, values)
     if changed:
         _check_output_ignores_buffers(problem, method_name, t0, y, f0, changed, before, after, _ITERATES)
+
+
+def _buffer_state(problem: ODEProblem) -> tuple[list[int], list[torch.Tensor]]:
+    """The version counters and values of ``func``'s buffers; values too, as some kernels update
+    buffers without bumping their version (BatchNorm's running statistics)."""
+    return [b._version for b in problem.buffers], [b.clone() for b in problem.buffers]
+
+
+def _changed_buffers(problem: ODEProblem, versions: list[int], values: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The buffers changed since ``_buffer_state`` gave ``(versions, values)``."""
+    return [b for b, v, value in zip(problem.buffers, versions, values) if b._version != v or not _equal(b, value)]
 
 
 def warn_unreplayable(method_name: str) -> None:
